@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs and starts what the tests need from the operating system:
+# MariaDB (server running, root over the socket) and Debian's chromium.
+# As root it installs what is missing; otherwise it names what is missing and fails.
+set -euo pipefail
+
+need_pkgs=()
+[ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || command -v mysql >/dev/null 2>&1 || need_pkgs+=(mariadb-client)
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing system packages: ${need_pkgs[*]} -- run 'sudo apt-get install ${need_pkgs[*]}' or run 'make test' as root" >&2
+        exit 1
+    fi
+    echo "installing system packages: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+mysql_cli=$(command -v mariadb || command -v mysql)
+if ! "$mysql_cli" -uroot --connect-timeout=3 -e 'SELECT 1' >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "MariaDB is not answering on its socket as root -- start it (as root: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd)" >&2
+        exit 1
+    fi
+    echo "starting MariaDB"
+    install -d -o mysql -g mysql /run/mysqld
+    if [ ! -d /var/lib/mysql/mysql ]; then
+        mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+    fi
+    start-stop-daemon --start --oknodo --background --chuid mysql --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 60); do
+        "$mysql_cli" -uroot --connect-timeout=2 -e 'SELECT 1' >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    "$mysql_cli" -uroot --connect-timeout=2 -e 'SELECT 1' >/dev/null \
+        || { echo "MariaDB did not start within 30 s -- see /var/log/mysql/error.log" >&2; exit 1; }
+fi
+echo "system dependencies ready: MariaDB $("$mysql_cli" -uroot -N -e 'SELECT VERSION()'), $(/usr/bin/chromium --version 2>/dev/null || echo 'chromium')"

@@ -1,0 +1,174 @@
+"""The world the tests run in: real MariaDB databases with MOR's tables, and SQLite.
+
+Every test that asks for ``mor_db`` gets a database of its own (MOR X5
+``devices``, ``servers``, ``server_devices``, ``users``) and a MySQL user with a
+password limited to it, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pymysql
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from mor_plugin import schema
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+MOR_DDL = (TESTS / "mor_x5_tables.sql").read_text()
+SOCKET = "/run/mysqld/mysqld.sock"
+
+
+def _root_connection(database: Optional[str] = None) -> pymysql.connections.Connection:
+    return pymysql.connect(
+        unix_socket=SOCKET, user="root", database=database, autocommit=True,
+        connect_timeout=5, read_timeout=60, write_timeout=60,
+    )
+
+
+def _ensure_mariadb_running() -> None:
+    try:
+        _root_connection().close()
+        return
+    except pymysql.err.OperationalError:
+        pass
+    if os.geteuid() != 0:
+        pytest.exit("MariaDB is not running and only root can start it: run 'make test' as root", 2)
+    subprocess.run(["install", "-d", "-o", "mysql", "-g", "mysql", "/run/mysqld"], check=True)
+    subprocess.run(
+        ["start-stop-daemon", "--start", "--oknodo", "--background", "--chuid", "mysql",
+         "--exec", "/usr/sbin/mariadbd"],
+        check=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            _root_connection().close()
+            return
+        except pymysql.err.OperationalError:
+            time.sleep(0.3)
+    pytest.exit("MariaDB did not start within 30 s (see /var/log/mysql/error.log)", 2)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> None:
+    """MariaDB is up (started here if it is down)."""
+    _ensure_mariadb_running()
+
+
+@dataclass
+class MorDatabase:
+    """A throw-away MOR database and helpers to fill and read it."""
+
+    name: str
+    user: str
+    password: str
+    url: str
+    engine: Engine
+
+    def execute(self, sql: str, **params: Any) -> Any:
+        with self.engine.begin() as conn:
+            return conn.execute(text(sql), params)
+
+    def add_server(self, server_id: int, **columns: Any) -> None:
+        values = {"id": server_id, "server_ip": f"127.0.0.{server_id}", "hostname": f"ast{server_id}"}
+        values.update(columns)
+        with self.engine.begin() as conn:
+            conn.execute(schema.servers.insert().values(**values))
+
+    def add_user(self, user_id: int, username: str = "", **columns: Any) -> None:
+        values = {"id": user_id, "username": username or f"user{user_id}", "password": "x",
+                  "first_name": "First", "last_name": "Last"}
+        values.update(columns)
+        cols = ", ".join(f"`{k}`" for k in values)
+        binds = ", ".join(f":{k}" for k in values)
+        self.execute(f"INSERT INTO users ({cols}) VALUES ({binds})", **values)
+
+    def add_device(self, device_id: int, name: str, server_id: int = 1, **columns: Any) -> None:
+        values = {"id": device_id, "name": name, "server_id": server_id, "device_type": "SIP",
+                  "user_id": 2, "secret": "s", "context": "mor", "extension": str(device_id),
+                  "username": name, "qualify": "yes"}
+        values.update(columns)
+        cols = ", ".join(f"`{k}`" for k in values)
+        binds = ", ".join(f":{k}" for k in values)
+        self.execute(f"INSERT INTO devices ({cols}) VALUES ({binds})", **values)
+
+    def reg_statuses(self) -> dict[str, Optional[str]]:
+        """``devices.name`` -> ``devices.reg_status`` for every device."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT name, reg_status FROM devices ORDER BY id"))
+            return {name: status for name, status in rows}
+
+    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, to prove that a failed run changed nothing."""
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        with self.engine.connect() as conn:
+            tables = [row[0] for row in conn.execute(text("SHOW TABLES"))]
+            for table in sorted(tables):
+                rows = conn.execute(text(f"SELECT * FROM `{table}` ORDER BY 1"))
+                out[table] = [tuple(row) for row in rows]
+        return out
+
+
+@pytest.fixture
+def mor_db(mariadb: None) -> Iterator[MorDatabase]:
+    """A fresh MOR database on the real MariaDB, with a password user of its own."""
+    suffix = secrets.token_hex(4)
+    name, user, password = f"mor_t_{suffix}", f"mor_t_{suffix}", secrets.token_hex(8)
+    root = _root_connection()
+    try:
+        with root.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8")
+            cur.execute(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}'")
+            cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'")
+            cur.execute(f"GRANT ALL ON `{name}`.* TO '{user}'@'localhost'")
+            cur.execute(f"GRANT ALL ON `{name}`.* TO '{user}'@'127.0.0.1'")
+            cur.execute(f"USE `{name}`")
+            for statement in MOR_DDL.split(";"):
+                if statement.strip() and "CREATE TABLE" in statement:
+                    cur.execute(statement)
+        url = f"mysql+pymysql://{user}:{password}@127.0.0.1:3306/{name}?charset=utf8mb4"
+        engine = create_engine(url, pool_pre_ping=True)
+        db = MorDatabase(name=name, user=user, password=password, url=url, engine=engine)
+        yield db
+        engine.dispose()
+    finally:
+        with root.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'localhost'")
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+        root.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file with the MOR columns the project uses (the demo's embedded default)."""
+    url = f"sqlite:///{tmp_path / 'mor.sqlite'}"
+    engine = create_engine(url)
+    schema.mor_metadata.create_all(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave screenshots and logs for a human to look at."""
+    path = ROOT / "artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    return path

@@ -1,0 +1,1 @@
+"""Status bullets for MOR's device pages: a small read-only Flask app."""
