@@ -9,6 +9,8 @@ are created by versioned migrations in ``mor_plugin.store``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     Column,
     DateTime,
@@ -49,12 +51,15 @@ servers = Table(
 
 #: The project's own tables.
 own_metadata = MetaData()
+#: InnoDB for transactions; utf8mb4 so that any device name fits.
+_OWN_TABLE_OPTIONS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 schema_version = Table(
     "mor_regstatus_schema",
     own_metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("applied_at", DateTime, nullable=False),
+    **_OWN_TABLE_OPTIONS,
 )
 
 device_state = Table(
@@ -73,6 +78,7 @@ device_state = Table(
     Column("unreachable_since", DateTime),
     Column("ip", String(45)),
     Column("port", Integer),
+    **_OWN_TABLE_OPTIONS,
 )
 
 server_state = Table(
@@ -94,6 +100,7 @@ server_state = Table(
     Column("n_none", Integer, nullable=False, default=0),
     Column("n_wrong_server", Integer, nullable=False, default=0),
     Column("asterisk_version", String(30)),
+    **_OWN_TABLE_OPTIONS,
 )
 
 wrong_server = Table(
@@ -108,6 +115,7 @@ wrong_server = Table(
     Column("port", Integer),
     Column("first_seen", DateTime, nullable=False),
     Column("last_seen", DateTime, nullable=False),
+    **_OWN_TABLE_OPTIONS,
 )
 
 COUNT_COLUMNS = {

@@ -89,6 +89,8 @@ class Plan:
     state_changes: tuple[DeviceState, ...]
     counts: Mapping[str, int]
     unmatched_peers: tuple[Peer, ...]
+    # kept states of devices no longer assigned to this server (deleted, re-homed)
+    forgotten_device_ids: tuple[int, ...] = ()
     peers_listed: int = 0
     new_statuses: Mapping[int, Optional[str]] = field(default_factory=dict)
 
@@ -215,8 +217,14 @@ def plan_cycle(
             )
             new_status[device.id] = reg_status
             new_states[device.id] = _next_state(
-                server_id, device.id, states.get(device.id), reg_status, unreachable_since,
-                peer.ip, peer.port, now,
+                server_id,
+                device.id,
+                states.get(device.id),
+                reg_status,
+                unreachable_since,
+                peer.ip,
+                peer.port,
+                now,
             )
 
     counts = dict.fromkeys(KINDS, 0)
@@ -241,6 +249,7 @@ def plan_cycle(
         state_changes=tuple(state_changes),
         counts=counts,
         unmatched_peers=tuple(unmatched),
+        forgotten_device_ids=tuple(sorted(set(states) - {device.id for device in devices})),
         peers_listed=listed,
         new_statuses=new_status,
     )
@@ -266,9 +275,14 @@ def _next_state(
     seen = kind in SEEN_KINDS and ip is not None
     if previous is None:
         return DeviceState(
-            device_id=device_id, server_id=server_id, status=kind, since=now,
-            last_seen=now if seen else None, unreachable_since=unreachable_since,
-            ip=ip, port=port,
+            device_id=device_id,
+            server_id=server_id,
+            status=kind,
+            since=now,
+            last_seen=now if seen else None,
+            unreachable_since=unreachable_since,
+            ip=ip,
+            port=port,
         )
     candidate = replace(
         previous,
@@ -297,8 +311,12 @@ def wrong_server_records(
         for device in by_name.get(peer.name, ()):
             records.append(
                 WrongServer(
-                    device_id=device.id, assigned_server_id=device.server_id,
-                    peer_name=peer.name, reg_status=peer.status, ip=peer.ip, port=peer.port,
+                    device_id=device.id,
+                    assigned_server_id=device.server_id,
+                    peer_name=peer.name,
+                    reg_status=peer.status,
+                    ip=peer.ip,
+                    port=peer.port,
                 )
             )
     return records
@@ -309,8 +327,12 @@ def format_uptime(seconds: float) -> str:
     remaining = max(0, int(seconds))
     parts = []
     for unit, size in (
-        ("year", 31536000), ("week", 604800), ("day", 86400),
-        ("hour", 3600), ("minute", 60), ("second", 1),
+        ("year", 31536000),
+        ("week", 604800),
+        ("day", 86400),
+        ("hour", 3600),
+        ("minute", 60),
+        ("second", 1),
     ):
         amount, remaining = divmod(remaining, size)
         if amount:

@@ -32,8 +32,13 @@ SOCKET = "/run/mysqld/mysqld.sock"
 
 def _root_connection(database: Optional[str] = None) -> pymysql.connections.Connection:
     return pymysql.connect(
-        unix_socket=SOCKET, user="root", database=database, autocommit=True,
-        connect_timeout=5, read_timeout=60, write_timeout=60,
+        unix_socket=SOCKET,
+        user="root",
+        database=database,
+        autocommit=True,
+        connect_timeout=5,
+        read_timeout=60,
+        write_timeout=60,
     )
 
 
@@ -47,8 +52,16 @@ def _ensure_mariadb_running() -> None:
         pytest.exit("MariaDB is not running and only root can start it: run 'make test' as root", 2)
     subprocess.run(["install", "-d", "-o", "mysql", "-g", "mysql", "/run/mysqld"], check=True)
     subprocess.run(
-        ["start-stop-daemon", "--start", "--oknodo", "--background", "--chuid", "mysql",
-         "--exec", "/usr/sbin/mariadbd"],
+        [
+            "start-stop-daemon",
+            "--start",
+            "--oknodo",
+            "--background",
+            "--chuid",
+            "mysql",
+            "--exec",
+            "/usr/sbin/mariadbd",
+        ],
         check=True,
     )
     deadline = time.monotonic() + 30
@@ -82,23 +95,41 @@ class MorDatabase:
             return conn.execute(text(sql), params)
 
     def add_server(self, server_id: int, **columns: Any) -> None:
-        values = {"id": server_id, "server_ip": f"127.0.0.{server_id}", "hostname": f"ast{server_id}"}
+        values = {
+            "id": server_id,
+            "server_ip": f"127.0.0.{server_id}",
+            "hostname": f"ast{server_id}",
+        }
         values.update(columns)
         with self.engine.begin() as conn:
             conn.execute(schema.servers.insert().values(**values))
 
     def add_user(self, user_id: int, username: str = "", **columns: Any) -> None:
-        values = {"id": user_id, "username": username or f"user{user_id}", "password": "x",
-                  "first_name": "First", "last_name": "Last"}
+        values = {
+            "id": user_id,
+            "username": username or f"user{user_id}",
+            "password": "x",
+            "first_name": "First",
+            "last_name": "Last",
+        }
         values.update(columns)
         cols = ", ".join(f"`{k}`" for k in values)
         binds = ", ".join(f":{k}" for k in values)
         self.execute(f"INSERT INTO users ({cols}) VALUES ({binds})", **values)
 
     def add_device(self, device_id: int, name: str, server_id: int = 1, **columns: Any) -> None:
-        values = {"id": device_id, "name": name, "server_id": server_id, "device_type": "SIP",
-                  "user_id": 2, "secret": "s", "context": "mor", "extension": str(device_id),
-                  "username": name, "qualify": "yes"}
+        values = {
+            "id": device_id,
+            "name": name,
+            "server_id": server_id,
+            "device_type": "SIP",
+            "user_id": 2,
+            "secret": "s",
+            "context": "mor",
+            "extension": str(device_id),
+            "username": name,
+            "qualify": "yes",
+        }
         values.update(columns)
         cols = ", ".join(f"`{k}`" for k in values)
         binds = ", ".join(f":{k}" for k in values)
@@ -135,7 +166,7 @@ def mor_db(mariadb: None) -> Iterator[MorDatabase]:
             cur.execute(f"GRANT ALL ON `{name}`.* TO '{user}'@'localhost'")
             cur.execute(f"GRANT ALL ON `{name}`.* TO '{user}'@'127.0.0.1'")
             cur.execute(f"USE `{name}`")
-            for statement in MOR_DDL.split(";"):
+            for statement in MOR_DDL.split(";\n"):
                 if statement.strip() and "CREATE TABLE" in statement:
                     cur.execute(statement)
         url = f"mysql+pymysql://{user}:{password}@127.0.0.1:3306/{name}?charset=utf8mb4"

@@ -1,0 +1,315 @@
+"""Asterisk Manager Interface: log in, list the SIP peers, read version and uptime.
+
+Built on panoramisk, with three things panoramisk does not do by itself:
+
+* hard timeouts: panoramisk never times out, so every await here has one;
+* no retries: a refused login or a dropped connection fails the run at once
+  (panoramisk would reconnect and log in again forever);
+* streaming: ``SIPpeers`` entries are parsed as they arrive instead of being
+  kept in the action's list of messages (100k peers would cost ~500 MB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Optional, TypeVar
+
+from panoramisk import Manager
+from panoramisk.actions import Action
+
+from .status import Peer, format_uptime, peer_from_fields
+
+log = logging.getLogger(__name__)
+#: Every AMI message, at DEBUG level only when mor.conf says ``debug = 1``.
+wire_log = logging.getLogger("mor_plugin.ami.wire")
+
+T = TypeVar("T")
+
+
+class AmiError(Exception):
+    """A failed AMI conversation; ``str()`` is one line that says what to fix."""
+
+
+class AmiAuthError(AmiError):
+    """Asterisk refused the login."""
+
+
+class NoChanSipError(AmiError):
+    """Asterisk has no chan_sip (``SIPpeers`` is an unknown command: Asterisk 21 and later)."""
+
+
+@dataclass(frozen=True)
+class AmiEndpoint:
+    host: str
+    port: int
+    username: str
+    secret: str
+    connect_timeout: float = 5.0
+    timeout: float = 10.0
+    list_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``CoreSettings`` and ``CoreStatus`` say; None where Asterisk did not say."""
+
+    ami_version: Optional[str]
+    asterisk_version: Optional[str]
+    uptime: Optional[str]
+
+
+@dataclass(frozen=True)
+class PeerList:
+    peers: list[Peer]
+    info: ServerInfo
+
+
+class _Manager(Manager):  # type: ignore[misc]
+    """panoramisk's Manager without its reconnect loop and keep-alive pings."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self.closed_by_peer: asyncio.Future[None] = self.loop.create_future()
+
+    def connection_made(self, f: asyncio.Future[Any]) -> None:
+        # A failed connect is reported to whoever awaits the task; never retry it.
+        if f.cancelled() or f.exception() is not None:
+            return
+        super().connection_made(f)
+        pinger = getattr(self, "pinger", None)
+        if pinger is not None:
+            pinger.cancel()
+            self.pinger = None
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._connected = False
+        if not self.closed_by_peer.done():
+            self.closed_by_peer.set_result(None)
+
+
+class _PeerListAction(Action):  # type: ignore[misc]
+    """``SIPpeers`` whose ``PeerEntry`` events are handed on as they arrive, not kept."""
+
+    def __init__(self, on_entry: Callable[[Mapping[str, str]], None]) -> None:
+        super().__init__({"Action": "SIPpeers"})
+        self.on_entry = on_entry
+        self.first: Optional[Mapping[str, str]] = None
+        self.complete: Optional[Mapping[str, str]] = None
+        self.received = 0
+        self.last_activity = time.monotonic()
+
+    def add_message(self, message: Any) -> bool:
+        self.last_activity = time.monotonic()
+        if self.first is None:
+            self.first = message
+            if message.get("Response", "") != "Success":
+                self.future.set_result(message)
+                return True
+            return False
+        event = message.get("Event", "")
+        if event == "PeerEntry":
+            self.received += 1
+            self.on_entry(message)
+            return False
+        if event == "PeerlistComplete":
+            self.complete = message
+            if not self.future.done():
+                self.future.set_result(message)
+            return True
+        return False
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+async def _wait(manager: _Manager, awaitable: Awaitable[T], timeout: float, what: str) -> T:
+    """Await an AMI answer; fail on timeout or on the connection closing first."""
+    future = asyncio.ensure_future(awaitable)
+    waiting: set[asyncio.Future[Any]] = {future, manager.closed_by_peer}
+    done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if future in done:
+        return future.result()
+    future.cancel()
+    if manager.closed_by_peer in done:
+        raise AmiError(f"Asterisk closed the AMI connection while waiting for {what}")
+    raise AmiError(f"no answer from Asterisk within {timeout:g} s while waiting for {what}")
+
+
+def _send(manager: _Manager, action: Mapping[str, str] | Action) -> Awaitable[Any]:
+    if wire_log.isEnabledFor(logging.DEBUG):
+        shown = {k: ("***" if k.lower() == "secret" else v) for k, v in dict(action).items()}
+        wire_log.debug("sent %r", shown)
+    return manager.send_action(action)  # type: ignore[no-any-return]
+
+
+async def _connect(endpoint: AmiEndpoint) -> _Manager:
+    loop = asyncio.get_running_loop()
+    manager = _Manager(
+        host=endpoint.host,
+        port=endpoint.port,
+        loop=loop,
+        events="off",
+        ping_delay=3600,
+        log=wire_log,
+    )
+    where = f"{endpoint.host}:{endpoint.port}"
+    try:
+        await asyncio.wait_for(manager.connect(), endpoint.connect_timeout)
+    except asyncio.TimeoutError:
+        raise AmiError(
+            f"cannot connect to Asterisk AMI at {where} within {endpoint.connect_timeout:g} s"
+        ) from None
+    except OSError as err:
+        raise AmiError(
+            f"cannot connect to Asterisk AMI at {where}: {err.strerror or err} "
+            "-- is Asterisk running and manager.conf enabled?"
+        ) from None
+    return manager
+
+
+async def _login(manager: _Manager, endpoint: AmiEndpoint) -> None:
+    login = {
+        "Action": "Login",
+        "Username": endpoint.username,
+        "Secret": endpoint.secret,
+        "Events": "off",
+    }
+    answer = await _wait(manager, _send(manager, login), endpoint.timeout, "the login answer")
+    if answer.get("Response", "") != "Success":
+        raise AmiAuthError(
+            f"Asterisk refused AMI login for user {endpoint.username!r}: "
+            f"{_one_line(answer.get('Message', 'no reason given'))} "
+            "-- check ami_username/ami_secret or manager.conf"
+        )
+
+
+async def _server_info(manager: _Manager, endpoint: AmiEndpoint) -> ServerInfo:
+    """Version and uptime; an Asterisk too old (1.4) or a user without rights gives None."""
+    version = uptime = None
+    try:
+        settings = await _wait(
+            manager, _send(manager, {"Action": "CoreSettings"}), endpoint.timeout, "CoreSettings"
+        )
+        if settings.get("Response", "") == "Success":
+            version = settings.get("AsteriskVersion", "").strip() or None
+        status = await _wait(
+            manager, _send(manager, {"Action": "CoreStatus"}), endpoint.timeout, "CoreStatus"
+        )
+        if status.get("Response", "") == "Success":
+            uptime = uptime_from_core_status(status, datetime.now())
+    except AmiError as err:
+        log.warning("no Asterisk version/uptime: %s", err)
+    ami_version = getattr(manager.protocol, "version", None)
+    return ServerInfo(ami_version=ami_version, asterisk_version=version, uptime=uptime)
+
+
+def uptime_from_core_status(fields: Mapping[str, str], now: datetime) -> Optional[str]:
+    """``CoreStartupDate``/``CoreStartupTime`` (Asterisk's local time) as an uptime text."""
+    date = fields.get("CoreStartupDate", "").strip()
+    clock = fields.get("CoreStartupTime", "").strip()
+    try:
+        started = datetime.strptime(f"{date} {clock}", "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    return format_uptime((now - started).total_seconds())
+
+
+async def _sip_peers(manager: _Manager, endpoint: AmiEndpoint) -> list[Peer]:
+    peers: list[Peer] = []
+
+    def take(fields: Mapping[str, str]) -> None:
+        peer = peer_from_fields(fields)
+        if peer is not None:
+            peers.append(peer)
+
+    action = _PeerListAction(take)
+
+    # Events that arrive without our ActionID (very old Asterisk) still belong to the list.
+    def stray(_manager: Any, message: Any) -> None:
+        if not action.future.done():
+            action.add_message(message)
+
+    manager.register_event("PeerEntry", stray)
+    manager.register_event("PeerlistComplete", stray)
+    _send(manager, action)
+
+    # The whole list has list_timeout; silence longer than timeout fails sooner.
+    deadline = time.monotonic() + endpoint.list_timeout
+    while not action.future.done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AmiError(
+                f"SIPpeers list not complete within {endpoint.list_timeout:g} s "
+                f"({action.received} peers received) -- raise ami_list_timeout for large servers"
+            )
+        silent_for = time.monotonic() - action.last_activity
+        wait_for = min(remaining, max(0.01, endpoint.timeout - silent_for))
+        if silent_for >= endpoint.timeout:
+            raise AmiError(
+                f"Asterisk went silent for {endpoint.timeout:g} s in the middle of the SIPpeers "
+                f"list ({action.received} peers received)"
+            )
+        done, _ = await asyncio.wait(
+            {action.future, manager.closed_by_peer},
+            timeout=wait_for,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if manager.closed_by_peer in done and not action.future.done():
+            raise AmiError(
+                f"Asterisk closed the AMI connection in the middle of the SIPpeers list "
+                f"({action.received} peers received, no PeerlistComplete)"
+            )
+
+    first = action.first or {}
+    if first.get("Response", "") != "Success":
+        message = _one_line(first.get("Message", ""))
+        if "invalid/unknown command" in message.lower():
+            raise NoChanSipError(
+                "Asterisk does not know SIPpeers: chan_sip is not loaded "
+                "(removed in Asterisk 21) -- this collector reads chan_sip peers only"
+            )
+        if "permission denied" in message.lower():
+            raise AmiError(
+                f"AMI user {endpoint.username!r} may not run SIPpeers "
+                "-- give it 'read = system,reporting' in manager.conf"
+            )
+        raise AmiError(f"SIPpeers failed: {message or 'no reason given'}")
+    complete = action.complete or {}
+    listed = complete.get("ListItems", "").strip()
+    if listed and (not listed.isdigit() or int(listed) != action.received):
+        raise AmiError(
+            f"SIPpeers list is inconsistent: Asterisk announced ListItems {listed} "
+            f"but sent {action.received} peers"
+        )
+    return peers
+
+
+async def _logoff(manager: _Manager) -> None:
+    with contextlib.suppress(asyncio.TimeoutError, OSError, AttributeError):
+        await asyncio.wait_for(asyncio.shield(_send(manager, {"Action": "Logoff"})), 1.0)
+
+
+async def fetch_peer_list(endpoint: AmiEndpoint) -> PeerList:
+    """One AMI conversation: login, version and uptime, the SIP peer list, logoff."""
+    manager = await _connect(endpoint)
+    try:
+        await _login(manager, endpoint)
+        info = await _server_info(manager, endpoint)
+        peers = await _sip_peers(manager, endpoint)
+        if not manager.closed_by_peer.done():
+            await _logoff(manager)
+        return PeerList(peers=peers, info=info)
+    finally:
+        manager.close()
+
+
+def get_peer_list(endpoint: AmiEndpoint) -> PeerList:
+    """``fetch_peer_list`` for synchronous callers (the cron collector)."""
+    return asyncio.run(fetch_peer_list(endpoint))

@@ -1,0 +1,455 @@
+"""``mor-retrieve-peers``: one collector run for this Asterisk server, from cron.
+
+AMI list -> rules -> one database transaction. Exit codes (also in README):
+0 done (or another run holds the lock), 1 unexpected error, 2 configuration,
+3 Asterisk/AMI, 4 database. Every failure is one line on stderr and in the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import __version__, store
+from .ami import AmiEndpoint, AmiError, PeerList, get_peer_list
+from .config import ConfigError, Settings, load_settings
+from .status import KINDS, Device, DeviceState, Plan, WrongServer, plan_cycle, wrong_server_records
+
+log = logging.getLogger("mor_plugin")
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_CONFIG = 2
+EXIT_AMI = 3
+EXIT_DATABASE = 4
+
+DEFAULT_CONFIG = Path("/var/lib/asterisk/agi-bin/mor.conf")
+
+
+class RunFailed(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class RunSummary:
+    server_id: int
+    dry_run: bool
+    peers: int = 0
+    changed: int = 0
+    state_changes: int = 0
+    wrong_server: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    asterisk_version: Optional[str] = None
+    seconds: float = 0.0
+    changes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "server_id": self.server_id,
+            "result": "ok",
+            "dry_run": self.dry_run,
+            "peers": self.peers,
+            "changed": self.changed,
+            "state_changes": self.state_changes,
+            "wrong_server": self.wrong_server,
+            "counts": self.counts,
+            "asterisk_version": self.asterisk_version,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def utc_now() -> datetime:
+    """Naive UTC, as the project's DATETIME columns hold it."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mor-retrieve-peers",
+        description="Write the registration status of this Asterisk server's SIP devices "
+        "into the MOR database.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"mor.conf to read (default {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the changes a run would make and write nothing",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print a one-object JSON summary of the run"
+    )
+    parser.add_argument(
+        "--migrate",
+        action="store_true",
+        help="create or update the project's own tables, then exit",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print a one-line summary (cron stays quiet without it)",
+    )
+    parser.add_argument("--log-file", type=Path, help="overrides log_file of mor.conf")
+    parser.add_argument("--state-file", type=Path, help="overrides state_file of mor.conf")
+    parser.add_argument("--lock-file", type=Path, help="overrides lock_file of mor.conf")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _setup_logging(settings: Settings) -> None:
+    settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(settings.log_file, encoding="utf-8")
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
+    # Per-message AMI and SQL logs only when mor.conf asks for them.
+    logging.getLogger("mor_plugin.ami.wire").setLevel(
+        logging.DEBUG if settings.debug else logging.WARNING
+    )
+    logging.getLogger("sqlalchemy.engine").setLevel(
+        logging.INFO if settings.show_sql else logging.WARNING
+    )
+
+
+@contextmanager
+def _single_run(lock_file: Path) -> Iterator[bool]:
+    """True when this process holds the lock; False when another run does."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_state_file(path: Path, payload: dict[str, Any]) -> None:
+    """Atomically replace the state file that the Ansible fact reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _previous_success(path: Path) -> Optional[str]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("last_success")
+        return value if isinstance(value, str) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _endpoint(settings: Settings, engine: Any) -> AmiEndpoint:
+    username, secret, port = settings.ami_username, settings.ami_secret, settings.ami_port
+    if username is None:
+        try:
+            from_db = store.ami_credentials_from_servers(engine, settings.server_id)
+        except SQLAlchemyError as err:
+            raise RunFailed(
+                f"database {settings.masked_db_url()}: {store.describe_db_error(err)}",
+                EXIT_DATABASE,
+            ) from None
+        if from_db is None:
+            raise RunFailed(
+                f"{settings.config_path}: no AMI user -- set ami_username/ami_secret, or add a "
+                f"user to {settings.manager_conf}, or fill servers.ami_username for id "
+                f"{settings.server_id}",
+                EXIT_CONFIG,
+            )
+        username, secret, db_port = from_db
+        port = db_port or port
+    return AmiEndpoint(
+        host=settings.ami_host,
+        port=port,
+        username=username,
+        secret=secret or "",
+        connect_timeout=settings.ami_connect_timeout,
+        timeout=settings.ami_timeout,
+        list_timeout=settings.ami_list_timeout,
+    )
+
+
+def _describe_changes(
+    devices: Sequence[Device], plan: Plan, wrong: Sequence[WrongServer]
+) -> list[str]:
+    by_id = {device.id: device for device in devices}
+    lines = [
+        f"device {device_id} {by_id[device_id].name!r}: "
+        f"{by_id[device_id].reg_status!r} -> {value!r}"
+        for device_id, value in plan.reg_status_changes
+    ]
+    lines += [
+        f"device {w.device_id} {w.peer_name!r} is registered here but assigned to server "
+        f"{w.assigned_server_id}: not written"
+        for w in wrong
+    ]
+    return lines
+
+
+def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
+    """One run: AMI list, rules, one transaction. Raises RunFailed with an exit code."""
+    started = time.monotonic()
+    summary = RunSummary(server_id=settings.server_id, dry_run=dry_run)
+    engine = store.make_engine(settings.db_url, timeout=settings.db_timeout, echo=False)
+    try:
+        endpoint = _endpoint(settings, engine)
+        try:
+            listing: PeerList = get_peer_list(endpoint)
+        except AmiError as err:
+            if not dry_run:
+                store.record_failure(engine, settings.server_id, utc_now(), f"AMI: {err}")
+            raise RunFailed(str(err), EXIT_AMI) from None
+        # Asterisk answered: only now touch the database (a failed AMI run writes nothing
+        # but its error line into an existing summary row).
+        if not dry_run:
+            try:
+                applied = store.ensure_schema(engine, utc_now())
+            except SQLAlchemyError as err:
+                raise RunFailed(
+                    f"database {settings.masked_db_url()}: {store.describe_db_error(err)}",
+                    EXIT_DATABASE,
+                ) from None
+            if applied:
+                log.info("database migrated to version %s", applied[-1])
+        summary.peers = len(listing.peers)
+        summary.asterisk_version = listing.info.asterisk_version
+        log.debug(
+            "AMI listed %d peers (Asterisk %s, AMI %s)",
+            summary.peers,
+            listing.info.asterisk_version,
+            listing.info.ami_version,
+        )
+
+        def work(conn: Connection) -> None:
+            now = utc_now()
+            devices = store.load_devices(conn, settings.server_id)
+            states: dict[int, DeviceState] = (
+                store.load_states(conn, settings.server_id) if store.schema_version(conn) else {}
+            )
+            plan = plan_cycle(
+                settings.server_id, listing.peers, devices, states, now, settings.unknown_after
+            )
+            elsewhere = store.find_devices_elsewhere(
+                conn, [p.name for p in plan.unmatched_peers], settings.server_id
+            )
+            wrong = wrong_server_records(plan.unmatched_peers, elsewhere, settings.server_id)
+            summary.counts = dict(plan.counts)
+            summary.state_changes = len(plan.state_changes)
+            summary.wrong_server = len(wrong)
+            if dry_run:
+                summary.changed = len(plan.reg_status_changes)
+                summary.changes = _describe_changes(devices, plan, wrong)
+                return
+            run = store.ServerRun(
+                server_id=settings.server_id,
+                at=now,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                peers=summary.peers,
+                changed=len(plan.reg_status_changes),
+                counts=summary.counts,
+                wrong_server=len(wrong),
+                asterisk_version=listing.info.asterisk_version,
+                uptime=listing.info.uptime,
+            )
+            summary.changed = store.write_plan(conn, settings.server_id, plan, wrong, now, run)
+            log.debug(
+                "SQL: %d reg_status changes, %d state rows, %d forgotten, %d wrong-server",
+                len(plan.reg_status_changes),
+                len(plan.state_changes),
+                len(plan.forgotten_device_ids),
+                len(wrong),
+            )
+
+        try:
+            store.in_transaction(engine, work)
+        except SQLAlchemyError as err:
+            message = f"database {settings.masked_db_url()}: {store.describe_db_error(err)}"
+            if not dry_run:
+                store.record_failure(engine, settings.server_id, utc_now(), message)
+            raise RunFailed(message, EXIT_DATABASE) from None
+    finally:
+        engine.dispose()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _state_payload(
+    settings: Settings, result: str, summary: Optional[RunSummary], previous_success: Optional[str]
+) -> dict[str, Any]:
+    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return {
+        "version": __version__,
+        "server_id": settings.server_id,
+        "last_run": now,
+        "last_success": now if result == "ok" else previous_success,
+        "last_result": result,
+        "duration_s": round(summary.seconds, 3) if summary else None,
+        "peers": summary.peers if summary else None,
+        "changed": summary.changed if summary else None,
+        "counts": summary.counts if summary else None,
+    }
+
+
+def _fail(message: str, code: int, stream: IO[str]) -> int:
+    print(f"mor-retrieve-peers: {message}", file=stream)
+    return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(
+            args.config,
+            log_file=args.log_file,
+            state_file=args.state_file,
+            lock_file=args.lock_file,
+        )
+    except ConfigError as err:
+        return _fail(str(err), EXIT_CONFIG, sys.stderr)
+    try:
+        _setup_logging(settings)
+    except OSError as err:
+        return _fail(
+            f"{settings.log_file}: cannot write the log ({err.strerror}) "
+            "-- set log_file or --log-file",
+            EXIT_CONFIG,
+            sys.stderr,
+        )
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    try:
+        with _single_run(settings.lock_file) as mine:
+            if not mine:
+                log.info("another run holds %s; this one exits", settings.lock_file)
+                if args.verbose or args.json:
+                    print(
+                        f"another mor-retrieve-peers run holds {settings.lock_file}; nothing to do"
+                    )
+                return EXIT_OK
+            return _run(args, settings)
+    except OSError as err:
+        return _fail(
+            f"{settings.lock_file}: cannot take the lock ({err.strerror}) "
+            "-- set lock_file or --lock-file",
+            EXIT_CONFIG,
+            sys.stderr,
+        )
+    finally:
+        logging.shutdown()
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.migrate:
+        try:
+            engine = store.make_engine(settings.db_url, timeout=settings.db_timeout)
+            applied = store.migrate(engine, utc_now())
+            engine.dispose()
+        except SQLAlchemyError as err:
+            message = f"database {settings.masked_db_url()}: {store.describe_db_error(err)}"
+            log.error("migration failed: %s", message)
+            return _fail(message, EXIT_DATABASE, sys.stderr)
+        text = (
+            f"migrated to schema version {applied[-1]}"
+            if applied
+            else f"schema already at version {store.LATEST_VERSION}"
+        )
+        log.info("%s", text)
+        print(text)
+        return EXIT_OK
+
+    log.info(
+        "run started (server_id %s, %s)",
+        settings.server_id,
+        "dry run" if args.dry_run else "writing",
+    )
+    previous_success = _previous_success(settings.state_file)
+    try:
+        summary = collect(settings, dry_run=args.dry_run)
+    except RunFailed as err:
+        log.error("run failed: %s", err)
+        if not args.dry_run:
+            _save_state(settings, str(err), None, previous_success)
+        return _fail(str(err), err.exit_code, sys.stderr)
+    except Exception as err:  # noqa: BLE001 - one line for cron, the traceback for the log
+        log.exception("run failed unexpectedly")
+        message = f"unexpected {type(err).__name__}: {err} (traceback in {settings.log_file})"
+        if not args.dry_run:
+            _save_state(settings, message, None, previous_success)
+        return _fail(message, EXIT_UNEXPECTED, sys.stderr)
+
+    log.info(
+        "run finished in %.2f s: %d peers, %d devices changed, counts %s",
+        summary.seconds,
+        summary.peers,
+        summary.changed,
+        " ".join(f"{k}={v}" for k, v in summary.counts.items()),
+    )
+    if not args.dry_run:
+        _save_state(settings, "ok", summary, previous_success)
+    if args.dry_run and not args.json:
+        for line in summary.changes:
+            print(line)
+        print(f"dry run: {summary.changed} of the server's devices would change; nothing written")
+    if args.json:
+        print(json.dumps(summary.as_json(), sort_keys=True))
+    elif args.verbose:
+        print(
+            f"server {summary.server_id}: {summary.peers} peers, {summary.changed} devices "
+            f"changed in {summary.seconds:.2f} s"
+        )
+    return EXIT_OK
+
+
+def _save_state(
+    settings: Settings, result: str, summary: Optional[RunSummary], previous_success: Optional[str]
+) -> None:
+    try:
+        write_state_file(
+            settings.state_file, _state_payload(settings, result, summary, previous_success)
+        )
+    except OSError as err:
+        log.error("cannot write the state file %s: %s", settings.state_file, err.strerror)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

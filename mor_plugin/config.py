@@ -1,0 +1,589 @@
+"""The collector's configuration: MOR's ``mor.conf``, Asterisk's ``manager.conf``, CLI overrides.
+
+``/var/lib/asterisk/agi-bin/mor.conf`` is MOR's flat ``key = value`` file. MOR's
+own programs read ``host db user secret port server_id debug show_sql`` from it;
+the collector reads those plus its own keys (see ``_OUR_KEYS``). The reader is
+more forgiving than MOR's legacy ``fscanf("%s = %s")``:
+
+* keys are case-insensitive (MOR's wiki writes ``DEBUG = 1``);
+* spaces around ``=`` are optional;
+* lines starting with ``;`` or ``#`` are comments;
+* ``;`` or ``#`` starts a trailing comment only when whitespace precedes it, so
+  ``secret = pa#ss;word`` keeps its ``#`` and ``;``. A value that must contain
+  `` #`` or `` ;`` (or start with ``#``/``;``) is written in double quotes:
+  ``secret = "a ;b"``; one pair of surrounding double quotes is removed;
+* an empty value means "use the default", except ``secret``, where it means an
+  empty password;
+* when a key appears twice the last line wins (with a warning);
+* unknown keys are ignored with a warning (other MOR programs may share the file).
+
+AMI credentials come from the ``ami_*`` keys, else from ``manager.conf`` (the
+``[mor]`` user when it has a secret, else the first user with one), else they
+are ``None`` and the collector reads MOR's ``servers`` row of this server.
+
+Every problem a user can cause becomes a one-line :class:`ConfigError` or a
+one-line warning in :attr:`Settings.warnings`; neither ever contains a secret.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Optional
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+DEFAULT_CONFIG_PATH = Path("/var/lib/asterisk/agi-bin/mor.conf")
+DEFAULT_ASTERISK_MOR_CONF = Path("/etc/asterisk/mor.conf")
+DEFAULT_MANAGER_CONF = Path("/etc/asterisk/manager.conf")
+DEFAULT_LOG_FILE = Path("/var/log/mor/ami_debug.log")
+DEFAULT_STATE_FILE = Path("/var/lib/mor-regstatus/state.json")
+DEFAULT_LOCK_FILE = Path("/run/mor_retrieve_peers.lock")
+DEFAULT_AMI_HOST = "127.0.0.1"
+DEFAULT_AMI_PORT = 5038
+
+_MOR_DEFAULTS = {"host": "localhost", "db": "mor", "user": "mor", "secret": "mor", "port": "3306"}
+_MOR_KEYS = ("host", "db", "user", "secret", "port", "server_id", "debug", "show_sql")
+_OUR_KEYS = (
+    "db_url",
+    "ami_host",
+    "ami_port",
+    "ami_username",
+    "ami_secret",
+    "manager_conf",
+    "unknown_after",
+    "ami_connect_timeout",
+    "ami_timeout",
+    "ami_list_timeout",
+    "db_timeout",
+    "log_file",
+    "state_file",
+    "lock_file",
+)
+KNOWN_KEYS = frozenset(_MOR_KEYS + _OUR_KEYS)
+
+_KEY = re.compile(r"[a-z0-9_.-]+")
+_QUOTED = re.compile(r'"(.*?)"(?:\s+[;#].*)?')
+_TRAILING_COMMENT = re.compile(r"\s[;#]")
+_WHOLE = re.compile(r"\+?[0-9]+")
+_DECIMAL = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_SECTION = re.compile(r"\[([^\]]*)\]\s*(?:\(([^)]*)\))?")
+_BOOLEANS = {
+    "1": True,
+    "yes": True,
+    "true": True,
+    "on": True,
+    "0": False,
+    "no": False,
+    "false": False,
+    "off": False,
+}
+_WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 - compared, not bound
+
+
+def _default_db_url() -> str:
+    return _mysql_url(
+        _MOR_DEFAULTS["host"],
+        int(_MOR_DEFAULTS["port"]),
+        _MOR_DEFAULTS["db"],
+        _MOR_DEFAULTS["user"],
+        _MOR_DEFAULTS["secret"],
+    )
+
+
+class ConfigError(Exception):
+    """A configuration the collector cannot run with; ``str()`` is one line saying what to fix."""
+
+
+@dataclass(frozen=True, repr=False)
+class Settings:
+    """Everything the collector needs, validated. The defaults are what an empty mor.conf gives."""
+
+    config_path: Path = DEFAULT_CONFIG_PATH
+    server_id: int = 1
+    db_url: str = field(default_factory=_default_db_url)
+    debug: bool = False
+    show_sql: bool = False
+    ami_host: str = DEFAULT_AMI_HOST
+    ami_port: int = DEFAULT_AMI_PORT
+    #: ``None`` (with ``ami_secret``) when neither mor.conf nor manager.conf names an AMI
+    #: user: the collector then uses MOR's ``servers`` row ``WHERE id = server_id``.
+    ami_username: Optional[str] = None
+    ami_secret: Optional[str] = None
+    ami_connect_timeout: float = 5.0
+    ami_timeout: float = 10.0
+    ami_list_timeout: float = 60.0
+    db_timeout: float = 30.0       # each database read or write
+    unknown_after: float = 3600.0
+    log_file: Path = DEFAULT_LOG_FILE
+    state_file: Path = DEFAULT_STATE_FILE
+    lock_file: Path = DEFAULT_LOCK_FILE
+    manager_conf: Path = DEFAULT_MANAGER_CONF
+    warnings: tuple[str, ...] = ()
+
+    def masked_db_url(self) -> str:
+        """``db_url`` with its password replaced by ``***``, fit for logs."""
+        return _masked(self.db_url)
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value: object = getattr(self, f.name)
+            if f.name == "db_url":
+                value = self.masked_db_url()
+            elif f.name == "ami_secret" and value is not None:
+                value = "***"
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+
+# --------------------------------------------------------------------------- mor.conf (flat)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    lineno: int
+    key: str
+    value: str
+
+
+def _flat_value(raw: str) -> str:
+    """The value part of ``key = value``: trailing comment and one pair of quotes removed."""
+    stripped = raw.strip()
+    if stripped.startswith('"'):
+        quoted = _QUOTED.fullmatch(stripped)
+        if quoted:
+            return quoted.group(1)
+    comment = _TRAILING_COMMENT.search(raw)
+    if comment:
+        raw = raw[: comment.start()]
+    return raw.strip()
+
+
+def _flat_entries(text: str, source: str) -> Iterator[_Entry]:
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in ";#":
+            continue
+        key, equals, raw = stripped.partition("=")
+        if not equals:
+            # The line is not echoed: it may be a password written without '='.
+            raise ConfigError(
+                f"{source}: line {lineno} is not 'key = value' (comments start with ; or #)"
+            )
+        key = key.strip().lower()
+        if not _KEY.fullmatch(key):
+            raise ConfigError(f"{source}: line {lineno} has no valid key name before '='")
+        yield _Entry(lineno, key, _flat_value(raw))
+
+
+def parse_flat_conf(text: str, source: str = "mor.conf") -> dict[str, str]:
+    """Read MOR's flat ``key = value`` format: lower-cased keys, the last occurrence wins.
+
+    ``source`` names the file in the :class:`ConfigError` raised for a line without ``=``.
+    """
+    return {entry.key: entry.value for entry in _flat_entries(text, source)}
+
+
+# --------------------------------------------------------------------------- Asterisk INI files
+
+
+@dataclass
+class _Section:
+    name: str
+    template: bool
+    values: dict[str, str]
+
+
+def _asterisk_lines(text: str) -> Iterator[str]:
+    """Lines without Asterisk comments: ``;`` to the end, ``;-- … --;`` blocks, ``\\;`` is ``;``."""
+    in_block = False
+    for line in text.splitlines():
+        out: list[str] = []
+        i = 0
+        while i < len(line):
+            if in_block:
+                end = line.find("--;", i)
+                if end < 0:
+                    break
+                in_block = False
+                i = end + 3
+            elif line.startswith("\\;", i):
+                out.append(";")
+                i += 2
+            elif line[i] == ";":
+                if not line.startswith(";--", i):
+                    break
+                in_block = True
+                i += 3
+            else:
+                out.append(line[i])
+                i += 1
+        yield "".join(out).strip()
+
+
+def _asterisk_sections(text: str) -> list[_Section]:
+    """Sections of an Asterisk config file, in file order, with templates applied.
+
+    Understands ``[name]``, templates ``[name](!)``, inheritance ``[name](tpl1,tpl2)``,
+    ``[name](+)`` (adds to an earlier section) and ``key = value`` / ``key => value``.
+    ``#include``/``#exec`` lines are ignored (the files they name are not read).
+    """
+    sections: list[_Section] = []
+    current: Optional[_Section] = None
+    for line in _asterisk_lines(text):
+        if not line or line.startswith("#"):
+            continue
+        header = _SECTION.fullmatch(line)
+        if header:
+            name = header.group(1).strip()
+            options = [o.strip() for o in (header.group(2) or "").split(",") if o.strip()]
+            if "+" in options:
+                earlier = [s for s in sections if s.name == name]
+                if earlier:
+                    current = earlier[-1]
+                    continue
+            current = _Section(name, "!" in options, {})
+            for option in options:
+                if option in ("!", "+"):
+                    continue
+                for base in sections:
+                    if base.name == option:
+                        current.values.update(base.values)
+            sections.append(current)
+            continue
+        key, equals, value = line.partition("=")
+        if not equals or current is None:
+            continue
+        current.values[key.strip().lower()] = value.removeprefix(">").strip()
+    return sections
+
+
+def _read_text(path: Path) -> str:
+    """The file as text; raises OSError (ValueError subclasses become OSError too)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise OSError(f"not UTF-8 text at byte {err.start}") from None
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+# --------------------------------------------------------------------------- manager.conf
+
+
+@dataclass(frozen=True)
+class _Manager:
+    username: Optional[str]
+    secret: Optional[str]
+    port_text: Optional[str]
+    bindaddr: Optional[str]
+    enabled: Optional[str]
+    secrets: Mapping[str, str]  # lower-cased user name -> secret
+
+
+def _parse_manager(text: str) -> _Manager:
+    general: dict[str, str] = {}
+    users: list[tuple[str, str]] = []
+    for section in _asterisk_sections(text):
+        if section.name.lower() == "general":
+            general.update(section.values)
+        elif not section.template and section.values.get("secret"):
+            users.append((section.name, section.values["secret"]))
+    preferred = [user for user in users if user[0].lower() == "mor"]
+    chosen = (preferred or users)[:1]
+    return _Manager(
+        username=chosen[0][0] if chosen else None,
+        secret=chosen[0][1] if chosen else None,
+        port_text=general.get("port"),
+        bindaddr=general.get("bindaddr"),
+        enabled=general.get("enabled"),
+        secrets={name.lower(): secret for name, secret in reversed(users)},
+    )
+
+
+def _port(text: Optional[str]) -> Optional[int]:
+    if text is None or not _WHOLE.fullmatch(text):
+        return None
+    port = int(text)
+    return port if 1 <= port <= 65535 else None
+
+
+def read_manager_conf(path: Path) -> tuple[Optional[str], Optional[str], Optional[int]]:
+    """``(username, secret, port)`` from Asterisk's ``manager.conf``.
+
+    The user is the section ``[mor]`` when it has a non-empty ``secret``, else the first
+    user section (not ``[general]``, not a template) that has one; ``(None, None)`` when
+    there is none. ``port`` is ``[general] port``, ``None`` when absent or not a port.
+    A missing file gives ``(None, None, None)``; other read errors raise ``OSError``.
+    """
+    try:
+        text = _read_text(path)
+    except FileNotFoundError:
+        return None, None, None
+    manager = _parse_manager(text)
+    return manager.username, manager.secret, _port(manager.port_text)
+
+
+# --------------------------------------------------------------------------- mor.conf values
+
+
+class _Values:
+    """Typed, validated access to mor.conf's values; errors name the file and the key."""
+
+    def __init__(self, file: Path, values: Mapping[str, str]) -> None:
+        self.file = file
+        self.values = values
+
+    def _fail(self, key: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {key} = {self.values[key]!r} is not {what}")
+
+    def text(self, key: str) -> Optional[str]:
+        """The value, ``None`` when the key is absent or empty."""
+        return self.values.get(key) or None
+
+    def whole(self, key: str, minimum: int, maximum: Optional[int] = None) -> Optional[int]:
+        raw = self.text(key)
+        if raw is None:
+            return None
+        number = int(raw) if _WHOLE.fullmatch(raw) else None
+        if maximum is not None:
+            if number is None or not minimum <= number <= maximum:
+                raise self._fail(key, f"a port number {minimum}-{maximum}")
+        elif number is None or number < minimum:
+            raise self._fail(key, f"a whole number >= {minimum}")
+        return number
+
+    def seconds(self, key: str, default: float, *, zero_ok: bool = False) -> float:
+        raw = self.text(key)
+        if raw is None:
+            return default
+        number = float(raw) if _DECIMAL.fullmatch(raw) else math.nan
+        if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+            raise self._fail(key, f"a number of seconds {'>= 0' if zero_ok else '> 0'}")
+        return number
+
+    def boolean(self, key: str) -> bool:
+        raw = self.text(key)
+        if raw is None:
+            return False
+        if raw.lower() not in _BOOLEANS:
+            raise self._fail(key, "a boolean (use 1/0, yes/no, true/false, on/off)")
+        return _BOOLEANS[raw.lower()]
+
+    def path(self, key: str, default: Path) -> Path:
+        """The path; a relative one is taken relative to mor.conf's directory."""
+        raw = self.text(key)
+        if raw is None:
+            return default
+        return self.file.parent / raw
+
+
+def _collect(path: Path, entries: Iterator[_Entry], warnings: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for entry in entries:
+        if entry.key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(entry.key, sorted(KNOWN_KEYS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            warnings.append(f"{path}: line {entry.lineno}: unknown key '{entry.key}' ignored{hint}")
+            continue
+        if entry.key in lines:
+            warnings.append(
+                f"{path}: '{entry.key}' is set on lines {lines[entry.key]} and {entry.lineno};"
+                " the last one wins"
+            )
+        lines[entry.key] = entry.lineno
+        values[entry.key] = entry.value
+    return values
+
+
+def _mysql_url(host: str, port: int, database: str, user: str, password: str) -> str:
+    url = URL.create(
+        "mysql+pymysql",
+        username=user,
+        password=password,
+        host=host,
+        port=port,
+        database=database,
+        query={"charset": "utf8mb4"},
+    )
+    return url.render_as_string(hide_password=False)
+
+
+def _masked(db_url: str) -> str:
+    return make_url(db_url).render_as_string(hide_password=True)
+
+
+def _db_url(values: _Values) -> str:
+    given = values.text("db_url")
+    if given is not None:
+        # The URL is never echoed: it may hold a password.
+        try:
+            url = make_url(given)
+        except ArgumentError:
+            raise ConfigError(
+                f"{values.file}: db_url is not a SQLAlchemy URL"
+                " (like mysql+pymysql://user:password@host:3306/mor) -- fix it or remove it"
+            ) from None
+        try:
+            url.get_dialect()
+        except NoSuchModuleError:
+            raise ConfigError(
+                f"{values.file}: db_url names an unknown database driver '{url.drivername}'"
+                " -- use mysql+pymysql:// or sqlite://"
+            ) from None
+        return given
+    secret = values.values.get("secret")
+    return _mysql_url(
+        values.text("host") or _MOR_DEFAULTS["host"],
+        values.whole("port", 1, 65535) or int(_MOR_DEFAULTS["port"]),
+        values.text("db") or _MOR_DEFAULTS["db"],
+        values.text("user") or _MOR_DEFAULTS["user"],
+        _MOR_DEFAULTS["secret"] if secret is None else secret,
+    )
+
+
+@dataclass(frozen=True)
+class _Ami:
+    host: str
+    port: int
+    username: Optional[str]
+    secret: Optional[str]
+
+
+def _ami(values: _Values, manager_conf: Path, warnings: list[str]) -> _Ami:
+    host = values.text("ami_host")
+    port = values.whole("ami_port", 1, 65535)
+    username = values.text("ami_username")
+    secret = values.text("ami_secret")
+    if secret is not None and username is None:
+        raise ConfigError(
+            f"{values.file}: ami_secret is set but ami_username is not -- set both or neither"
+        )
+    if host is not None and port is not None and username is not None and secret is not None:
+        return _Ami(host, port, username, secret)
+
+    manager = _load_manager(manager_conf, warnings)
+    if username is not None and secret is None:
+        secret = manager.secrets.get(username.lower()) if manager else None
+        if secret is None:
+            raise ConfigError(
+                f"{values.file}: ami_username = '{username}' is set but ami_secret is not,"
+                f" and {manager_conf} has no [{username}] with a secret -- set ami_secret"
+            )
+    elif username is None and manager is not None:
+        username, secret = manager.username, manager.secret
+    if port is None and manager is not None and manager.port_text is not None:
+        port = _port(manager.port_text)
+        if port is None:
+            warnings.append(
+                f"{manager_conf}: [general] port = {manager.port_text!r} is not a port number;"
+                f" using {DEFAULT_AMI_PORT}"
+            )
+    if host is None and manager is not None and manager.bindaddr not in _WILDCARD_ADDRESSES:
+        host = manager.bindaddr
+    return _Ami(host or DEFAULT_AMI_HOST, port or DEFAULT_AMI_PORT, username, secret)
+
+
+def _load_manager(path: Path, warnings: list[str]) -> Optional[_Manager]:
+    try:
+        text = _read_text(path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        warnings.append(f"{path}: cannot read ({_reason(err)}); AMI login from MOR's servers row")
+        return None
+    manager = _parse_manager(text)
+    if manager.enabled is not None and manager.enabled.lower() in ("no", "false", "off", "0"):
+        warnings.append(
+            f"{path}: [general] enabled = {manager.enabled} turns AMI off -- set enabled = yes"
+        )
+    return manager
+
+
+def _compare_server_id(
+    path: Path, server_id: int, asterisk_mor_conf: Path, warnings: list[str]
+) -> None:
+    try:
+        text = _read_text(asterisk_mor_conf)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        warnings.append(f"{asterisk_mor_conf}: cannot read ({_reason(err)}) to compare server_id")
+        return
+    sections = _asterisk_sections(text)
+    # [global] is where MOR writes it; any other section is a fallback for odd files.
+    ordered = sorted(sections, key=lambda s: s.name.lower() != "global")
+    found = [s.values["server_id"] for s in ordered if s.values.get("server_id")]
+    if not found:
+        return
+    theirs = found[0]
+    if not _WHOLE.fullmatch(theirs):
+        warnings.append(
+            f"{asterisk_mor_conf}: server_id = {theirs!r} is not a whole number;"
+            f" cannot compare it with {path}"
+        )
+    elif int(theirs) != server_id:
+        warnings.append(
+            f"{asterisk_mor_conf} says server_id = {int(theirs)} but {path} says {server_id};"
+            " MOR expects them equal"
+        )
+
+
+def load_settings(
+    path: Path,
+    *,
+    log_file: Optional[Path] = None,
+    state_file: Optional[Path] = None,
+    lock_file: Optional[Path] = None,
+    asterisk_mor_conf: Path = DEFAULT_ASTERISK_MOR_CONF,
+) -> Settings:
+    """Read and validate ``path`` (MOR's agi-bin ``mor.conf``) and what it points to.
+
+    ``log_file``, ``state_file`` and ``lock_file`` (from the command line) win over the
+    file. Raises :class:`ConfigError` for anything the collector cannot run with.
+    """
+    try:
+        text = _read_text(path)
+    except OSError as err:
+        raise ConfigError(
+            f"{path}: cannot read ({_reason(err)}) -- pass --config or create it"
+        ) from None
+    warnings: list[str] = []
+    values = _Values(path, _collect(path, _flat_entries(text, str(path)), warnings))
+
+    server_id = values.whole("server_id", 1) or 1
+    db_url = _db_url(values)
+    manager_conf = values.path("manager_conf", DEFAULT_MANAGER_CONF)
+    ami = _ami(values, manager_conf, warnings)
+    settings = Settings(
+        config_path=path,
+        server_id=server_id,
+        db_url=db_url,
+        debug=values.boolean("debug"),
+        show_sql=values.boolean("show_sql"),
+        ami_host=ami.host,
+        ami_port=ami.port,
+        ami_username=ami.username,
+        ami_secret=ami.secret,
+        ami_connect_timeout=values.seconds("ami_connect_timeout", 5.0),
+        ami_timeout=values.seconds("ami_timeout", 10.0),
+        ami_list_timeout=values.seconds("ami_list_timeout", 60.0),
+        db_timeout=values.seconds("db_timeout", 30.0),
+        unknown_after=values.seconds("unknown_after", 3600.0, zero_ok=True),
+        log_file=log_file or values.path("log_file", DEFAULT_LOG_FILE),
+        state_file=state_file or values.path("state_file", DEFAULT_STATE_FILE),
+        lock_file=lock_file or values.path("lock_file", DEFAULT_LOCK_FILE),
+        manager_conf=manager_conf,
+    )
+    _compare_server_id(path, server_id, asterisk_mor_conf, warnings)
+    return replace(settings, warnings=tuple(warnings))
