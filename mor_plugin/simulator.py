@@ -1,0 +1,977 @@
+"""A protocol-faithful fake Asterisk Manager Interface (AMI) server.
+
+It speaks just enough AMI for the collector, its tests, the demo and the
+benchmarks: the banner, ``Login`` (plain and MD5 challenge), ``Logoff``,
+``Ping``, ``CoreSettings``, ``CoreStatus``, ``SIPpeers`` and ``SIPshowpeer``,
+byte for byte as chan_sip and manager.c of the chosen Asterisk version write
+them (CRLF lines, an empty line after each message, ``ActionID`` echoed where
+Asterisk echoes it, empty values with their trailing space). Fault switches
+(:class:`Faults`) reproduce what breaks in the field: wrong credentials,
+dropped or hung connections, slow lists, junk in the stream, a lying
+``ListItems``, a missing ``PeerlistComplete`` and Asterisk 21+ without chan_sip.
+
+Field names and orders were read from asterisk/asterisk at the tags named in
+``_VERSIONS`` (``channels/chan_sip.c``: ``manager_sip_show_peers``,
+``_sip_show_peers``, ``_sip_show_peer``; ``main/manager.c``:
+``astman_send_response_full``, ``astman_send_list_complete_start_common``,
+``process_message``, ``action_login``, ``action_ping``, ``action_coresettings``,
+``action_corestatus``). Values that a client never interprets (codec lists,
+session-timer settings, ...) are plausible defaults, not measured ones.
+
+It listens on loopback only: it answers to a well-known user and secret.
+Run it with ``mor-ami-simulator`` or ``python -m mor_plugin.simulator``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import random
+import re
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from operator import attrgetter
+from typing import Callable, NoReturn, Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SimPeer:
+    """One chan_sip peer as the simulator lists it."""
+
+    name: str
+    #: Exactly as chan_sip's ``peer_status()`` prints it: ``OK (N ms)``,
+    #: ``LAGGED (N ms)``, ``UNREACHABLE``, ``UNKNOWN`` or ``Unmonitored``.
+    status: str = "OK (20 ms)"
+    #: ``None``: no address (never registered, or registration expired).
+    ip: Optional[str] = None
+    port: int = 0
+    dynamic: bool = True
+    description: str = ""
+    #: Only ``SIPshowpeer`` shows it (``SIP-Useragent``).
+    useragent: str = ""
+
+
+@dataclass
+class Faults:
+    """Switches that make the simulator misbehave the way real servers do."""
+
+    #: Every Login fails: after ``auth_fail_delay`` seconds ``Authentication
+    #: failed``, then the server closes the socket (Asterisk sleeps 1 s).
+    bad_auth: bool = False
+    #: Close the TCP connection after N ``PeerEntry`` events of a list.
+    drop_after: Optional[int] = None
+    #: After N ``PeerEntry`` events send nothing more, keep the socket open.
+    hang_after: Optional[int] = None
+    #: Seconds of sleep between ``PeerEntry`` events.
+    slow: float = 0.0
+    #: Junk in the list stream: binary bytes, lines without ``": "``, a
+    #: truncated ``PeerEntry``. Never counted in ``ListItems``.
+    garbage: bool = False
+    #: ``ListItems`` of ``PeerlistComplete`` is one more than was sent.
+    wrong_count: bool = False
+    #: All ``PeerEntry`` events, then no ``PeerlistComplete``, then close.
+    no_complete: bool = False
+    #: ``SIPpeers``/``SIPshowpeer`` are unknown commands (Asterisk 21+).
+    no_chan_sip: bool = False
+    #: How long a failed Login waits before answering.
+    auth_fail_delay: float = 1.0
+
+
+@dataclass(frozen=True)
+class _Version:
+    key: str
+    rank: tuple[int, int]
+    ami: str  # AMI_VERSION, the banner's and CoreSettings' AMIversion
+    asterisk: str  # the release modelled, CoreSettings' AsteriskVersion
+    chan_sip: bool
+
+
+# AMI_VERSION verified per tag in include/asterisk/manager.h (main/manager.c
+# for 1.4, which hard-codes "1.0" in the banner). chan_sip was removed in 21.
+_VERSIONS = {
+    v.key: v
+    for v in (
+        _Version("1.4", (1, 4), "1.0", "1.4.44", True),
+        _Version("1.6", (1, 6), "1.1", "1.6.2.24", True),
+        _Version("1.8", (1, 8), "1.1", "1.8.32.3", True),
+        _Version("10", (10, 0), "1.2", "10.12.4", True),
+        _Version("11", (11, 0), "1.3", "11.25.3", True),
+        _Version("13", (13, 0), "2.10.6", "13.38.3", True),
+        _Version("16", (16, 0), "5.0.5", "16.30.0", True),
+        _Version("18", (18, 0), "7.0.3", "18.24.2", True),
+        _Version("20", (20, 0), "9.0.0", "20.10.0", True),
+        _Version("21", (21, 0), "10.0.0", "21.10.2", False),
+        _Version("22", (22, 0), "11.0.0", "22.5.2", False),
+    )
+}
+#: The Asterisk versions the simulator can be.
+VERSIONS = tuple(_VERSIONS)
+
+# Canonical spelling of the actions we implement, so that ``actions`` counts
+# "sippeers" and "SIPpeers" alike (AMI action names are case-insensitive).
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "Login",
+        "Logoff",
+        "Challenge",
+        "Ping",
+        "SIPpeers",
+        "SIPshowpeer",
+        "CoreSettings",
+        "CoreStatus",
+    )
+}
+
+# Peers rendered and written per chunk: ~450 KB, few syscalls, bounded memory.
+_CHUNK = 1000
+_TIMED = re.compile(r"^(OK|LAGGED) \((\d+) ms\)$")
+
+
+def _resolve_version(version: str) -> _Version:
+    """Accept "11" as well as "11.25.3" or "1.8.32.3"."""
+    if version in _VERSIONS:
+        return _VERSIONS[version]
+    parts = version.split(".")
+    for key in (".".join(parts[:2]), parts[0]):
+        if key in _VERSIONS:
+            return _VERSIONS[key]
+    raise ValueError(f"unsupported Asterisk version {version!r}; use one of {', '.join(VERSIONS)}")
+
+
+def _peer_entry_template(v: _Version) -> str:
+    """The body of one ``PeerEntry`` after its ActionID line, as a %-template.
+
+    Arguments: name, IPaddress, IPport, Dynamic, Status, Description.
+    """
+    lines = [
+        "Channeltype: SIP",
+        "ObjectName: %s",
+        "ChanObjectType: peer",
+        # 1.8.0 printed "ip:port" here; 1.8.x later and all others the bare IP.
+        "IPaddress: %s",
+        "IPport: %s",
+        "Dynamic: %s",
+    ]
+    if v.rank >= (11, 0):
+        lines += ["AutoForcerport: no", "Forcerport: no", "AutoComedia: no", "Comedia: no"]
+    elif v.rank >= (1, 8):
+        lines.append("Forcerport: no")
+    else:
+        lines.append("Natsupport: no")
+    lines.append("VideoSupport: no")
+    if v.rank >= (1, 6):
+        lines.append("TextSupport: no")
+    # MOR loads its devices from realtime (rtcachefriends), hence "yes".
+    lines += ["ACL: no", "Status: %s", "RealtimeDevice: yes"]
+    if v.rank >= (10, 0):
+        lines.append("Description: %s")
+    if v.rank >= (13, 0):
+        # 13.13+; chan_sip prints "Accountcode: %s" even when it is empty.
+        lines.append("Accountcode: ")
+    # Before 10 "%.0s" swallows the Description argument: one code path, no output.
+    tail = "" if v.rank >= (10, 0) else "%.0s"
+    return "".join(line + "\r\n" for line in lines) + "\r\n" + tail
+
+
+def _message(*pairs: tuple[str, str]) -> bytes:
+    return ("".join(f"{k}: {v}\r\n" for k, v in pairs) + "\r\n").encode()
+
+
+def _show_peer_fields(v: _Version, p: SimPeer) -> _Headers:
+    """The manager branch of chan_sip's ``_sip_show_peer`` (SIPshowpeer)."""
+    old = v.rank < (1, 8)  # sockaddr_in era: "" for no address, not "(null)"
+    yn = {True: "Y", False: "N"}
+    f: _Headers = [
+        ("Channeltype", "SIP"),
+        ("ObjectName", p.name),
+        ("ChanObjectType", "peer"),
+        ("SecretExist", "Y"),
+    ]
+    if v.rank >= (1, 6):
+        f.append(("RemoteSecretExist", "N"))
+    f += [("MD5SecretExist", "N"), ("Context", "mor_local"), ("Language", "en")]
+    if v.rank >= (11, 0):
+        f.append(("ToneZone", "<Not set>"))
+    f += [("AMAflags", "Unknown"), ("CID-CallingPres", "Presentation Allowed, Not Screened")]
+    f += [("Callgroup", ""), ("Pickupgroup", "")]
+    if v.rank >= (11, 0):
+        f += [("Named Callgroup", ""), ("Named Pickupgroup", "")]
+    if v.rank >= (1, 8):
+        f.append(("MOHSuggest", ""))
+    f += [("VoiceMailbox", ""), ("TransferMode", "open"), ("LastMsgsSent", "0")]
+    if v.rank >= (1, 8):
+        f.append(("Maxforwards", "70"))
+    f.append(("Call-limit", "2147483647"))
+    if v.rank >= (1, 6):
+        f.append(("Busy-level", "0"))
+    registered = p.ip is not None and p.dynamic
+    f += [
+        ("MaxCallBR", "384 kbps"),
+        ("Dynamic", yn[p.dynamic]),
+        ("Callerid", ""),
+        ("RegExpire", "3587 seconds" if registered else "-1 seconds"),
+        ("SIP-AuthInsecure", "no"),
+    ]
+    if v.rank >= (1, 8):
+        f.append(("SIP-Forcerport", "N"))
+    else:
+        f.append(("SIP-NatSupport", "RFC3581"))
+    if v.rank >= (11, 0):
+        f.append(("SIP-Comedia", "N"))
+    f += [("ACL", "N"), ("SIP-CanReinvite", "N")]
+    if v.rank >= (1, 6):
+        f.append(("SIP-DirectMedia", "N"))
+    f += [("SIP-PromiscRedir", "N"), ("SIP-UserPhone", "N"), ("SIP-VideoSupport", "N")]
+    if v.rank >= (1, 6):
+        f += [
+            ("SIP-TextSupport", "N"),
+            ("SIP-T.38Support", "N"),
+            ("SIP-T.38EC", "Unknown"),
+            ("SIP-T.38MaxDtgrm", "4294967295" if not old else "-1"),
+            ("SIP-Sess-Timers", "Accept"),
+            ("SIP-Sess-Refresh", "uas"),
+            ("SIP-Sess-Expires", "1800"),
+            ("SIP-Sess-Min", "90"),
+        ]
+    if v.rank >= (1, 8):
+        f += [("SIP-RTP-Engine", "asterisk"), ("SIP-Encryption", "N")]
+    if v.rank >= (13, 0):
+        f.append(("SIP-RTCP-Mux", "N"))
+    f.append(("SIP-DTMFmode", "rfc2833"))
+    if v.rank < (1, 6):
+        f.append(("SIPLastMsg", "0"))
+    none_ip = "" if old else "(null)"
+    f += [
+        ("ToHost", ""),
+        ("Address-IP", p.ip if p.ip is not None else none_ip),
+        ("Address-Port", str(p.port if p.ip is not None else 0)),
+        ("Default-addr-IP", "0.0.0.0" if old else "(null)"),  # noqa: S104 - text, not a bind
+        ("Default-addr-port", "0"),
+        ("Default-Username", p.name if p.dynamic else ""),
+        ("Codecs", "0xc (ulaw|alaw)" if v.rank < (10, 0) else "(ulaw|alaw)"),
+    ]
+    if v.rank < (13, 0):
+        f.append(("CodecOrder", "ulaw,alaw"))
+    contact = f"sip:{p.name}@{p.ip}:{p.port}" if registered else ""
+    f += [
+        ("Status", p.status),
+        ("SIP-Useragent", p.useragent),
+        # 1.4 really wrote a space before this colon.
+        ("Reg-Contact " if v.rank < (1, 6) else "Reg-Contact", contact),
+    ]
+    if v.rank >= (1, 6):
+        f += [("QualifyFreq", "60000 ms"), ("Parkinglot", "")]
+    if v.rank >= (1, 8):
+        f.append(("SIP-Use-Reason-Header", "N"))
+    if v.rank >= (10, 0):
+        f.append(("Description", p.description))
+    return f
+
+
+class _Closed(Exception):
+    """The client connection must end (Logoff, failed login, fault)."""
+
+
+class _Session:
+    """What one AMI connection has negotiated."""
+
+    __slots__ = ("authenticated", "challenge", "events")
+
+    def __init__(self) -> None:
+        self.authenticated = False
+        self.challenge = ""
+        self.events = True
+
+
+_Headers = list[tuple[str, str]]
+_Handler = Callable[[_Session, _Headers, asyncio.StreamWriter], Awaitable[None]]
+
+
+class AmiSimulator:
+    """A fake Asterisk AMI server on 127.0.0.1 (asyncio).
+
+    ``peers`` and ``faults`` may be replaced or mutated between client runs;
+    ``logins`` and ``actions`` record what clients did.
+    """
+
+    def __init__(
+        self,
+        peers: Sequence[SimPeer] = (),
+        *,
+        version: str = "11",
+        username: str = "mor",
+        secret: str = "morsecret",  # noqa: S107 - the documented demo secret
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Optional[Faults] = None,
+        drift: bool = False,
+        seed: int = 0,
+        startup: Optional[datetime] = None,
+    ) -> None:
+        if host == "localhost":
+            host = "127.0.0.1"  # one socket, one port (localhost may also be ::1)
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"the AMI simulator listens on a loopback address only, not on {host}")
+        self._version = _resolve_version(version)
+        self.version = self._version.key
+        self.peers: list[SimPeer] = list(peers)
+        self.username = username
+        self.secret = secret
+        self.host = host
+        self.port = port
+        self.faults = faults if faults is not None else Faults()
+        self.drift = drift
+        self.startup = (
+            startup
+            if startup is not None
+            else datetime.now().replace(microsecond=0) - timedelta(days=3, hours=4, minutes=5)
+        )
+        #: Successful logins, failed logins, and every action received.
+        self.logins = 0
+        self.login_failures = 0
+        self.actions: Counter[str] = Counter()
+        #: Complete ``SIPpeers`` lists started so far.
+        self.lists_served = 0
+        self._rng = random.Random(seed)  # noqa: S311 - simulation, not security
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._transports: set[asyncio.WriteTransport] = set()
+        self._entry_template = _peer_entry_template(self._version)
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen; ``port`` holds the bound port afterwards."""
+        if self._server is not None:
+            return
+        self._stopping = False
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "AMI simulator (Asterisk %s) listening on %s:%d with %d peers",
+            self._version.asterisk,
+            self.host,
+            self.port,
+            len(self.peers),
+        )
+
+    async def stop(self) -> None:
+        """Stop listening and close every client connection, hung ones too."""
+        self._stopping = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for transport in list(self._transports):
+            transport.abort()
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if server is not None:
+            try:
+                await asyncio.wait_for(server.wait_closed(), timeout=5)
+            except asyncio.TimeoutError:
+                log.warning("AMI simulator: listener did not close within 5 s")
+
+    def set_status(self, name: str, status: str) -> None:
+        """Change one peer's status (``KeyError`` if there is no such peer)."""
+        for peer in self.peers:
+            if peer.name == name:
+                peer.status = status
+                return
+        raise KeyError(name)
+
+    # -- connection ---------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        transport = writer.transport
+        self._transports.add(transport)
+        session = _Session()
+        try:
+            log.debug("AMI simulator: client %s connected", writer.get_extra_info("peername"))
+            writer.write(f"Asterisk Call Manager/{self._version.ami}\r\n".encode())
+            while True:
+                headers = await _read_message(reader)
+                if headers is None:  # the client is done: flush, then close
+                    await _close(writer)
+                if not headers:
+                    continue
+                await self._dispatch(session, headers, writer)
+                await writer.drain()
+        except _Closed:
+            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            log.debug("AMI simulator: client connection ended: %r", exc)
+        except asyncio.CancelledError:
+            # stop() cancels us; ending normally spares asyncio's stream
+            # callback (3.9-3.11) a "CancelledError" traceback on stderr.
+            if not self._stopping:
+                raise
+        finally:
+            transport.abort()
+            self._transports.discard(transport)
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _dispatch(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        v = self._version
+        action = _header(headers, "action")
+        if not action:
+            writer.write(_error(headers, "Missing action in request"))
+            return
+        name = _CANONICAL.get(action.lower(), action)
+        self.actions[name] += 1
+        if not session.authenticated:
+            if name == "Login":
+                await self._login(session, headers, writer)
+            elif name == "Challenge":
+                await self._challenge(session, headers, writer)
+            elif name == "Logoff":
+                if v.rank < (1, 6):
+                    writer.write(_response(headers, "Success", "See ya"))
+                else:
+                    writer.write(_response(headers, "Goodbye", "Thanks for all the fish."))
+                await _close(writer)
+            elif v.rank < (1, 6):
+                writer.write(_error(headers, "Authentication Required"))
+            else:
+                writer.write(_error(headers, "Permission denied"))
+            return
+        handler = self._handlers().get(name)
+        if handler is None:
+            writer.write(_error(headers, self._unknown(action)))
+            return
+        await handler(session, headers, writer)
+
+    def _handlers(self) -> dict[str, _Handler]:
+        v = self._version
+        table: dict[str, _Handler] = {
+            "Login": self._login,
+            "Logoff": self._logoff,
+            "Challenge": self._challenge,
+            "Ping": self._ping,
+        }
+        if v.chan_sip and not self.faults.no_chan_sip:
+            table["SIPpeers"] = self._sippeers
+            table["SIPshowpeer"] = self._sipshowpeer
+        if v.rank >= (1, 6):
+            table["CoreSettings"] = self._coresettings
+            table["CoreStatus"] = self._corestatus
+        return table
+
+    def _unknown(self, action: str) -> str:
+        if self._version.rank < (1, 6):
+            return "Invalid/unknown command"
+        return (
+            f"Invalid/unknown command: {action}. "
+            "Use Action: ListCommands to show available commands."
+        )
+
+    # -- authentication -----------------------------------------------------
+
+    async def _challenge(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        if (_header(headers, "authtype") or "").lower() != "md5":
+            writer.write(_error(headers, "Must specify AuthType"))
+            return
+        if not session.challenge:
+            session.challenge = str(self._rng.randrange(10**8, 10**9))
+        pairs = [("Response", "Success")]
+        pairs += _id(headers)
+        pairs.append(("Challenge", session.challenge))
+        writer.write(_message(*pairs))
+
+    def _credentials_ok(self, session: _Session, headers: _Headers) -> bool:
+        user = _header(headers, "username") or ""
+        if user.lower() != self.username.lower() or self.faults.bad_auth:
+            return False
+        if (_header(headers, "authtype") or "").lower() == "md5":
+            if not session.challenge:
+                return False
+            digest = hashlib.md5(
+                (session.challenge + self.secret).encode(), usedforsecurity=False
+            ).hexdigest()
+            return (_header(headers, "key") or "").lower() == digest
+        return _header(headers, "secret") == self.secret
+
+    async def _login(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        v = self._version
+        if session.authenticated:
+            if v.rank < (1, 6):
+                writer.write(_response(headers, "Success", "Already logged in"))
+                return
+            if v.rank >= (1, 8):
+                writer.write(_response(headers, "Success", "Already authenticated"))
+                return
+        if not self._credentials_ok(session, headers):
+            self.login_failures += 1
+            # Asterisk sleep(1)s before answering, to slow down guessing.
+            await asyncio.sleep(self.faults.auth_fail_delay)
+            writer.write(_error(headers, "Authentication failed"))
+            await _close(writer)
+        session.authenticated = True
+        self.logins += 1
+        session.events = _events_on(_header(headers, "events"))
+        writer.write(_response(headers, "Success", "Authentication accepted"))
+        # 11+ send FullyBooted to sessions that receive system events; older
+        # versions only with the non-default "sendfullybooted" option.
+        if v.rank >= (11, 0) and session.events:
+            pairs = [("Event", "FullyBooted"), ("Privilege", "system,all")]
+            if v.rank >= (14, 0):
+                now = datetime.now()
+                up = str(max(0, int((now - self.startup).total_seconds())))
+                pairs += [("Uptime", up), ("LastReload", up)]
+            pairs.append(("Status", "Fully Booted"))
+            writer.write(_message(*pairs))
+
+    async def _logoff(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(_response(headers, "Goodbye", "Thanks for all the fish."))
+        await _close(writer)
+
+    # -- simple actions -----------------------------------------------------
+
+    async def _ping(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        v = self._version
+        if v.rank < (1, 6):
+            writer.write(_response(headers, "Pong", None))
+            return
+        pairs = [("Response", "Success")] + _id(headers) + [("Ping", "Pong")]
+        if v.rank >= (1, 8):
+            pairs.append(("Timestamp", f"{time.time():.6f}"))
+        writer.write(_message(*pairs))
+
+    async def _coresettings(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        v = self._version
+        pairs = [("Response", "Success")] + _id(headers)
+        pairs += [
+            ("AMIversion", v.ami),
+            ("AsteriskVersion", v.asterisk),
+            ("SystemName", ""),
+            ("CoreMaxCalls", "0"),
+            ("CoreMaxLoadAvg", "0.000000"),
+            ("CoreRunUser", ""),
+            ("CoreRunGroup", ""),
+            ("CoreMaxFilehandles", "0"),
+            ("CoreRealTimeEnabled", "Yes"),
+            ("CoreCDRenabled", "Yes"),
+            ("CoreHTTPenabled", "No"),
+        ]
+        if v.rank >= (18, 0):  # present in 18.24.2, 20.10.0, 21.x, 22.x
+            pairs.append(("SoundsSearchCustomDir", "No"))
+        writer.write(_message(*pairs))
+
+    async def _corestatus(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        # Asterisk prints local time; ``startup`` is taken as local time.
+        day, clock = self.startup.strftime("%Y-%m-%d"), self.startup.strftime("%H:%M:%S")
+        pairs = [("Response", "Success")] + _id(headers)
+        if self._version.rank >= (1, 8):
+            pairs += [
+                ("CoreStartupDate", day),
+                ("CoreStartupTime", clock),
+                ("CoreReloadDate", day),
+                ("CoreReloadTime", clock),
+            ]
+        else:
+            pairs += [("CoreStartupTime", clock), ("CoreReloadTime", clock)]
+        pairs.append(("CoreCurrentCalls", "0"))
+        writer.write(_message(*pairs))
+
+    # -- chan_sip -----------------------------------------------------------
+
+    async def _sipshowpeer(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        v = self._version
+        wanted = _header(headers, "peer")
+        # manager_sip_show_peer() appends "\r\n" (1.4: "\r\n\r\n") to whatever
+        # _sip_show_peer() wrote: the end of a found peer's reply, or stray
+        # blank lines after the already complete "not found" error.
+        tail = b"\r\n\r\n" if v.rank < (1, 6) else b"\r\n"
+        if not wanted:
+            writer.write(_error(headers, "Peer: <name> missing."))
+            return
+        peer = next((p for p in self.peers if p.name == wanted), None)
+        if peer is None:
+            writer.write(_error(headers, f"Peer {wanted} not found.") + tail)
+            return
+        pairs = [("Response", "Success")] + _id(headers) + _show_peer_fields(v, peer)
+        writer.write("".join(f"{k}: {val}\r\n" for k, val in pairs).encode() + tail)
+
+    def _apply_drift(self) -> None:
+        """Move every OK/LAGGED latency by a few ms, as qualify results do."""
+        rng = self._rng
+        for peer in self.peers:
+            m = _TIMED.match(peer.status)
+            if m is not None:
+                ms = max(1, int(m.group(2)) + rng.randint(-3, 3))
+                peer.status = f"{m.group(1)} ({ms} ms)"
+
+    async def _sippeers(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        v, faults = self._version, self.faults
+        if self.drift and self.lists_served:
+            self._apply_drift()
+        self.lists_served += 1
+        idtext = "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
+
+        if v.rank >= (1, 6):
+            writer.write(
+                _message(
+                    ("Response", "Success"),
+                    *_id(headers),
+                    ("EventList", "start"),
+                    ("Message", "Peer status list will follow"),
+                )
+            )
+            # chan_sip >= 1.6 sorts by name with strcmp(); 1.4 walks its list.
+            peers = sorted(self.peers, key=attrgetter("name"))  # UTF-8 order = code point order
+        else:
+            writer.write(_response(headers, "Success", "Peer status list will follow"))
+            peers = list(self.peers)
+
+        cut = len(peers)
+        for limit in (faults.drop_after, faults.hang_after):
+            if limit is not None:
+                cut = min(cut, max(0, limit))
+        sent = await self._stream_entries(peers[:cut], idtext, writer)
+
+        if faults.hang_after is not None and (
+            faults.drop_after is None or faults.hang_after <= faults.drop_after
+        ):
+            log.info("AMI simulator: hanging after %d PeerEntry events", sent)
+            await writer.drain()
+            await asyncio.Event().wait()  # until stop() cancels this task
+        if faults.drop_after is not None or faults.no_complete:
+            log.info("AMI simulator: closing after %d PeerEntry events", sent)
+            await _close(writer)
+
+        items = sent + 1 if faults.wrong_count else sent
+        if v.rank >= (13, 0):  # 13.2+: ActionID second (astman_send_list_complete_start)
+            complete = [("Event", "PeerlistComplete"), *_id(headers)]
+            complete += [("EventList", "Complete"), ("ListItems", str(items))]
+        elif v.rank >= (1, 6):
+            complete = [("Event", "PeerlistComplete"), ("EventList", "Complete")]
+            complete += [("ListItems", str(items)), *_id(headers)]
+        else:
+            complete = [("Event", "PeerlistComplete"), ("ListItems", str(items)), *_id(headers)]
+        writer.write(_message(*complete))
+
+    async def _stream_entries(
+        self,
+        peers: Sequence[SimPeer],
+        idtext: str,
+        writer: asyncio.StreamWriter,
+    ) -> int:
+        """Write one PeerEntry per peer; returns how many were written."""
+        template = "Event: PeerEntry\r\n" + idtext.replace("%", "%%") + self._entry_template
+        faults = self.faults
+        junk = _garbage(idtext, len(peers)) if faults.garbage else {}
+        step = 1 if faults.slow > 0 or junk else _CHUNK
+        sent = 0
+        for start in range(0, len(peers), step):
+            batch = peers[start : start + step]
+            text = "".join(
+                [
+                    template
+                    % (
+                        p.name,
+                        p.ip if p.ip is not None else "-none-",
+                        p.port if p.ip is not None else 0,
+                        "yes" if p.dynamic else "no",
+                        p.status,
+                        p.description,
+                    )
+                    for p in batch
+                ]
+            )
+            if start in junk:
+                writer.write(junk[start])
+            writer.write(text.encode("utf-8", "replace"))
+            sent += len(batch)
+            await writer.drain()
+            if faults.slow > 0:
+                await asyncio.sleep(faults.slow)
+        if len(peers) in junk:
+            writer.write(junk[len(peers)])
+        return sent
+
+
+def _garbage(idtext: str, count: int) -> dict[int, bytes]:
+    """Junk blocks keyed by the entry index they precede."""
+    binary = b"\x00\x01\xff\xfe\xc3\x28 binary\x80\x81 junk\x1b[0m\r\n\r\n"
+    no_colon = b"this line has no separator\r\nAnotherJunkLine\r\nKey:NoSpace\r\n\r\n"
+    # A PeerEntry cut off mid-key, as after a lost segment; the name is not a peer.
+    half = (
+        "Event: PeerEntry\r\n" + idtext + "Channeltype: SIP\r\nObjectName: garbage-half\r\nChanObje"
+    ).encode() + b"\r\n\r\n"
+    positions = [min(1, count), count // 2, max(0, count - 1)]
+    out: dict[int, bytes] = {}
+    for pos, blob in zip(positions, (binary, no_colon, half)):
+        out[pos] = out.get(pos, b"") + blob
+    return out
+
+
+async def _read_message(reader: asyncio.StreamReader) -> Optional[_Headers]:
+    """Headers of the next client message (lower-cased keys), None at EOF."""
+    headers: _Headers = []
+    while True:
+        raw = await reader.readline()
+        if not raw:
+            return None
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            return headers
+        key, sep, value = line.partition(":")
+        if sep:
+            headers.append((key.strip().lower(), value.lstrip(" \t")))
+
+
+def _header(headers: _Headers, key: str) -> Optional[str]:
+    # Like astman_get_header with GET_HEADER_SKIP_EMPTY: first non-empty one.
+    for k, value in headers:
+        if k == key and value:
+            return value
+    return None
+
+
+def _id(headers: _Headers) -> _Headers:
+    action_id = _header(headers, "actionid")
+    return [("ActionID", action_id)] if action_id else []
+
+
+def _response(headers: _Headers, response: str, message: Optional[str]) -> bytes:
+    """astman_send_response(): Response, ActionID (if any), Message (if any)."""
+    pairs = [("Response", response)] + _id(headers)
+    if message is not None:
+        pairs.append(("Message", message))
+    return _message(*pairs)
+
+
+def _error(headers: _Headers, message: str) -> bytes:
+    return _response(headers, "Error", message)
+
+
+def _events_on(value: Optional[str]) -> bool:
+    """Whether a Login's ``Events:`` lets system events (FullyBooted) through."""
+    if value is None:
+        return True  # a session starts with every event class
+    v = value.strip().lower()
+    if v in ("on", "yes", "true", "y", "t", "1"):
+        return True
+    if v in ("off", "no", "false", "n", "f", "0", ""):
+        return False
+    return any(part.strip() in ("system", "all") for part in v.split(","))
+
+
+async def _close(writer: asyncio.StreamWriter) -> NoReturn:
+    """End the connection after what is buffered has reached the client."""
+    writer.close()
+    with suppress(ConnectionError, asyncio.TimeoutError):
+        # Bounded: a client that stopped reading must not keep us here.
+        await asyncio.wait_for(writer.wait_closed(), timeout=5)
+    raise _Closed
+
+
+@contextmanager
+def run_in_thread(sim: AmiSimulator) -> Iterator[AmiSimulator]:
+    """Run ``sim`` on its own event loop in a daemon thread (for sync tests).
+
+    Yields once it listens (``sim.port`` set); stops it cleanly on exit.
+    """
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(sim.start())
+        except BaseException as exc:  # reported to the caller's thread
+            failure.append(exc)
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    thread = threading.Thread(target=serve, name="ami-simulator", daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("AMI simulator did not start within 10 s")
+    if failure:
+        raise failure[0]
+    try:
+        yield sim
+    finally:
+        try:
+            asyncio.run_coroutine_threadsafe(sim.stop(), loop).result(timeout=15)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+
+
+_USERAGENTS = (
+    "Yealink SIP-T46S 66.86.0.15",
+    "Grandstream GXP1625 1.0.4.152",
+    "Linksys/SPA942-6.1.5(a)",
+    "Cisco/SPA504G-7.6.2f",
+    "PolycomVVX-VVX_411-UA/6.4.3.5018",
+    "Zoiper rv2.10.19.6",
+    "MicroSIP/3.21.3",
+    "Fanvil X4U 2.12.1",
+)
+
+
+def realistic_peers(n: int, *, seed: int = 0, prefix: str = "") -> list[SimPeer]:
+    """``n`` peers with a deterministic, field-like mix of statuses.
+
+    About 72 % OK with varied latency, 5 % LAGGED, 9 % UNREACHABLE, 8 %
+    UNKNOWN without address, 6 % Unmonitored; a few static (provider) peers.
+    Names are ``f"{prefix}{100000 + i}"``; addresses are only strings.
+    """
+    rng = random.Random(seed)  # noqa: S311 - simulation, not security
+    peers: list[SimPeer] = []
+    for i in range(n):
+        roll = rng.random()
+        if rng.random() < 0.6:
+            ip = f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        else:
+            ip = f"192.168.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        port = rng.randrange(5060, 5100)
+        dynamic = rng.random() >= 0.02
+        peer_ip: Optional[str] = ip
+        if roll < 0.72:
+            status = f"OK ({max(1, int(rng.lognormvariate(3.3, 0.8)))} ms)"
+        elif roll < 0.77:
+            status = f"LAGGED ({rng.randrange(2001, 4500)} ms)"
+        elif roll < 0.86:
+            status = "UNREACHABLE"
+        elif roll < 0.94:
+            status, peer_ip, port = "UNKNOWN", None, 0
+        else:
+            status = "Unmonitored"
+            if rng.random() < 0.3:
+                peer_ip, port = None, 0
+        peers.append(
+            SimPeer(
+                name=f"{prefix}{100000 + i}",
+                status=status,
+                ip=peer_ip,
+                port=port,
+                dynamic=dynamic,
+                description=f"Desk {i % 500}" if rng.random() < 0.1 else "",
+                useragent=rng.choice(_USERAGENTS) if peer_ip is not None else "",
+            )
+        )
+    return peers
+
+
+async def _serve_forever(sim: AmiSimulator) -> None:
+    await sim.start()
+    print(
+        f"AMI simulator (Asterisk {sim.version}) listening on {sim.host}:{sim.port}"
+        f" with {len(sim.peers)} peers",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError, RuntimeError):  # not on this platform/thread
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``mor-ami-simulator``: serve a fake Asterisk AMI until Ctrl-C/SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="mor-ami-simulator",
+        description="A fake Asterisk Manager Interface with chan_sip peers, for tests and demos.",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="loopback address (default %(default)s)"
+    )
+    parser.add_argument("--port", type=int, default=5038, help="TCP port (default %(default)s)")
+    parser.add_argument("--peers", type=int, default=100, help="number of SIP peers")
+    parser.add_argument("--version", default="11", help=f"Asterisk version: {', '.join(VERSIONS)}")
+    parser.add_argument("--username", default="mor", help="AMI user (default %(default)s)")
+    parser.add_argument("--secret", default="morsecret", help="AMI secret (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of peers and drift")
+    parser.add_argument("--drift", action="store_true", help="latencies change between lists")
+    parser.add_argument("--debug", action="store_true", help="log every connection")
+    args = parser.parse_args(argv)
+    try:
+        sim = AmiSimulator(
+            realistic_peers(args.peers, seed=args.seed),
+            version=args.version,
+            username=args.username,
+            secret=args.secret,
+            host=args.host,
+            port=args.port,
+            drift=args.drift,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"mor-ami-simulator: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        asyncio.run(_serve_forever(sim))
+    except OSError as exc:
+        print(
+            f"mor-ami-simulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
