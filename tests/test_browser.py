@@ -1,0 +1,284 @@
+"""The widget embedded in mock MOR pages, in Debian's chromium (Playwright).
+
+Three real HTTP servers on loopback: the mock MOR GUI at 127.0.0.1 (allowed to
+embed), the widget at 127.0.0.2 (another origin, as when MOR's pages and the
+widget are served apart), and the same MOR pages at 127.0.0.3, an origin the
+widget's CSP does not allow.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, MorDatabase, chromium_path
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from mor_plugin import schema
+from widget import create_app
+from widget.demo import create_mor_app
+
+pytestmark = [pytest.mark.browser, pytest.mark.mariadb]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+SECRET = "browser-test-secret"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+NOW = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+# id -> (name, reg_status, expected RGB at the bullet's centre; None: see-through ring)
+DEVICES: dict[int, tuple[str, Any, Any]] = {
+    1: ("green-phone", "OK (23 ms)", (0x22, 0xA3, 0x3A)),
+    2: ("yellow-phone", "LAGGED (2480 ms)", (0xF5, 0xC4, 0x00)),
+    3: ("red-phone", "UNREACHABLE", (0xDB, 0x23, 0x17)),
+    4: ("black-phone", "UNKNOWN", (0x00, 0x00, 0x00)),
+    5: ("white-phone", "Unmonitored", (0xFF, 0xFF, 0xFF)),
+    6: ("never-seen", None, None),
+}
+
+
+@dataclass
+class Sites:
+    mor: str
+    widget: str
+    foreign: str
+    db: MorDatabase
+
+
+def png_pixels(data: bytes) -> tuple[int, int, list[list[tuple[int, int, int]]]]:
+    """Decode chromium's screenshots (8-bit RGB/RGBA, not interlaced): width, height, rows."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width, height, channels = 8, b"", 0, 0, 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+            assert depth == 8 and colour in (2, 6) and body[12] == 0
+            channels = 3 if colour == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+    raw, stride, rows, previous = zlib.decompress(idat), width * channels, [], bytearray()
+    previous = bytearray(stride)
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up = previous[i]
+            up_left = previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                p = left + up - up_left
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+                pred = left if pa <= pb and pa <= pc else up if pb <= pc else up_left
+                line[i] = (line[i] + pred) & 0xFF
+        rows.append([tuple(line[x * channels : x * channels + 3]) for x in range(width)])
+        previous = line
+    return width, height, rows  # type: ignore[return-value]
+
+
+def close_to(colour: tuple[int, int, int], expected: tuple[int, int, int], slack: int = 40) -> bool:
+    return all(abs(a - b) <= slack for a, b in zip(colour, expected))
+
+
+class LateApp:
+    """A WSGI app chosen after the server is bound (each side needs the other's origin)."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.app(environ, start_response)
+
+
+@contextmanager
+def serving(host: str) -> Iterator[tuple[str, LateApp]]:
+    """A real threaded HTTP server on ``host``; yields its origin and the app slot."""
+    slot = LateApp()
+    server: BaseWSGIServer = make_server(host, 0, slot, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name=f"http-{host}", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_port}", slot
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def fill(db: MorDatabase) -> None:
+    schema.own_metadata.create_all(db.engine)
+    db.add_server(1, hostname="ast-one")
+    db.add_user(2)
+    for device_id, (name, reg_status, _) in DEVICES.items():
+        db.add_device(
+            device_id,
+            name,
+            reg_status=reg_status,
+            description=f"Desk of {name}",
+            qualify="no" if reg_status == "Unmonitored" else "yes",
+        )
+    with db.engine.begin() as conn:
+        conn.execute(
+            schema.device_state.insert().values(
+                device_id=1,
+                server_id=1,
+                status="ok",
+                since=NOW - timedelta(hours=3),
+                last_seen=NOW,
+                ip="192.0.2.10",
+                port=5060,
+            )
+        )
+        conn.execute(
+            schema.server_state.insert().values(
+                server_id=1,
+                last_run=NOW,
+                last_success=NOW,
+                result="ok",
+                asterisk_version="18.20.0",
+            )
+        )
+
+
+@pytest.fixture
+def sites(mor_db: MorDatabase) -> Iterator[Sites]:
+    fill(mor_db)
+    with (
+        serving("127.0.0.1") as (mor, mor_slot),
+        serving("127.0.0.2") as (
+            widget,
+            widget_slot,
+        ),
+        serving("127.0.0.3") as (foreign, foreign_slot),
+    ):
+        widget_slot.app = create_app(
+            {
+                "MOR_WIDGET_DB_URL": mor_db.url,
+                "MOR_WIDGET_SECRET": SECRET,
+                "MOR_WIDGET_FRAME_ANCESTORS": mor,
+                "MOR_WIDGET_REFRESH": 1,
+            }
+        )
+        mor_slot.app = create_mor_app(mor_db.url, widget, SECRET)
+        foreign_slot.app = create_mor_app(mor_db.url, widget, SECRET)
+        yield Sites(mor=mor, widget=widget, foreign=foreign, db=mor_db)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium_path()
+    if not Path(executable).exists():
+        pytest.skip(f"chromium is not installed at {executable} (make test installs it)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1000, "height": 520})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    yield page
+    context.close()
+
+
+def save(shot: bytes, artifacts_dir: Path, name: str, docs: bool = False) -> None:
+    (artifacts_dir / name).write_bytes(shot)
+    # the README's screenshots are refreshed on request only, so test runs leave git clean
+    if docs and os.environ.get("MOR_UPDATE_DOC_IMAGES") == "1":
+        target = ROOT / "docs" / "img" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(shot)
+
+
+def wait_for_images(page: Any) -> None:
+    page.wait_for_function(
+        "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+    )
+
+
+def test_device_list_bullets_have_mor_colours(sites: Sites, page: Any, artifacts_dir: Path) -> None:
+    page.goto(f"{sites.mor}/billing/devices/show_devices/2")
+    wait_for_images(page)
+    legend = page.frame_locator("iframe.legend")
+    assert legend.locator('.count[data-kind="ok"]').inner_text() == "1"
+    assert legend.locator('.count[data-kind="none"]').inner_text() == "1"
+    assert "6 SIP devices" in legend.locator(".legend").inner_text()
+    for device_id, (_, _, colour) in DEVICES.items():
+        image = page.locator(f'img[data-device-id="{device_id}"]')
+        assert image.get_attribute("src").startswith(f"{sites.widget}/devices/{device_id}/")
+        _, _, pixels = png_pixels(image.screenshot())
+        centre, ring = pixels[8][8], pixels[2][8]
+        if colour is None:  # NO STATUS: a ring around the row's own background
+            assert min(centre) > 200, centre
+            assert max(ring) < 200, ring
+        else:
+            assert close_to(centre, colour), (device_id, centre, colour)
+    save(page.screenshot(full_page=True), artifacts_dir, "device_list.png", docs=True)
+
+
+def test_device_edit_page_shows_the_status_iframe(
+    sites: Sites, page: Any, artifacts_dir: Path
+) -> None:
+    page.goto(f"{sites.mor}/billing/devices/device_edit/1")
+    frame = page.frame_locator("iframe.regstatus")
+    assert frame.locator(".word").inner_text() == "OK"
+    text = frame.locator(".status").inner_text()
+    assert "23 ms" in text and "since 3 h ago" in text and "192.0.2.10:5060" in text
+    assert frame.locator(".status").is_visible()
+    _, _, pixels = png_pixels(frame.locator("svg.bullet").screenshot())
+    assert close_to(pixels[9][9], DEVICES[1][2])
+    save(page.screenshot(full_page=True), artifacts_dir, "device_edit.png", docs=True)
+
+
+def test_status_iframe_refreshes_without_reloading_the_page(sites: Sites, page: Any) -> None:
+    page.goto(f"{sites.mor}/billing/devices/device_edit/1")
+    frame = page.frame_locator("iframe.regstatus")
+    assert frame.locator(".word").inner_text() == "OK"
+    page.evaluate("window.notReloaded = true")
+    sites.db.execute("UPDATE devices SET reg_status = 'UNREACHABLE' WHERE id = 1")
+    frame.locator(".word", has_text="UNREACHABLE").wait_for(timeout=8_000)
+    assert page.evaluate("window.notReloaded") is True
+
+
+def test_page_from_another_origin_may_not_frame_the_widget(
+    sites: Sites, page: Any, artifacts_dir: Path
+) -> None:
+    refusals: list[str] = []
+    page.on("console", lambda message: refusals.append(message.text))
+    page.goto(f"{sites.foreign}/billing/devices/device_edit/1")
+    page.wait_for_load_state("load")
+    deadline = time.monotonic() + 5
+    while not any("frame-ancestors" in text for text in refusals) and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert any("frame-ancestors" in text for text in refusals), refusals
+    frame = next(f for f in page.frames if f is not page.main_frame)
+    assert "status-ok" not in frame.content()
+    save(page.screenshot(full_page=True), artifacts_dir, "foreign_origin_refused.png")

@@ -1,0 +1,337 @@
+"""``make demo``: the whole product on one machine, with nothing to set up.
+
+A SQLite database with MOR-shaped tables, the AMI simulator (a few hundred SIP
+peers in every status), the collector every few seconds, and one web server
+with mock MOR pages that embed the widget at ``/mor-status/`` exactly as the
+real MOR GUI would: signed ``<img>`` bullets in the device lists, the legend
+iframe on a user's devices, the status iframe on the device edit page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+from flask import Flask, abort, redirect, render_template, request, url_for
+from sqlalchemy import create_engine, func, select, text
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.serving import make_server
+
+from mor_plugin import schema
+
+from . import create_app
+from .signing import sign_url
+
+log = logging.getLogger(__name__)
+
+WIDGET_PREFIX = "/mor-status"
+PAGE_SIZE = 50
+LINK_LIFETIME = 12 * 3600  # how long a page's signed widget links stay valid
+USERS = {2: "Acme Telecom", 3: "Baltic Bakery", 4: "City Clinic"}
+SERVERS = {1: "asterisk-1 (simulated)", 2: "asterisk-2 (no collector)"}
+NEVER_REGISTERED = "demo-never-registered"
+WRONG_SERVER = "demo-roamer"
+
+
+# ---------------------------------------------------------------- the mock MOR GUI
+
+
+def create_mor_app(db_url: str, widget_base: str, secret: Optional[str]) -> Flask:
+    """Mock pages of MOR's GUI that embed the widget found at ``widget_base``.
+
+    ``widget_base`` is ``/mor-status`` when MOR proxies the widget, or another
+    origin (``http://127.0.0.2:8081``) in the browser test.
+    """
+    app = Flask(__name__)
+    engine = create_engine(db_url, pool_pre_ping=True)
+    d = schema.devices
+
+    def widget(path: str) -> str:
+        signed = sign_url(path, secret, int(time.time()) + LINK_LIFETIME) if secret else path
+        return widget_base + signed
+
+    def page_of(where: Any, page: int) -> tuple[list[Any], int]:
+        with engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(d).where(where)).scalar_one()
+            rows = conn.execute(
+                select(d).where(where).order_by(d.c.id).limit(PAGE_SIZE).offset(page * PAGE_SIZE)
+            ).all()
+        return list(rows), max(1, -(-int(total) // PAGE_SIZE))
+
+    def page_number() -> int:
+        raw = request.args.get("page", "1")
+        return max(0, int(raw) - 1) if raw.isdigit() else 0
+
+    @app.context_processor
+    def helpers() -> dict[str, Any]:
+        return {"widget": widget, "users": USERS, "servers": SERVERS}
+
+    @app.get("/")
+    def home() -> Any:
+        return redirect(url_for("devices_all"))
+
+    @app.get("/billing/devices/devices_all")
+    def devices_all() -> Any:
+        page = page_number()
+        rows, pages = page_of(d.c.id > 0, page)
+        return render_template(
+            "demo_devices.html",
+            title="Devices",
+            rows=rows,
+            page=page + 1,
+            pages=pages,
+            legend_url=None,
+        )
+
+    @app.get("/billing/devices/show_devices/<int:user_id>")
+    def show_devices(user_id: int) -> Any:
+        page = page_number()
+        rows, pages = page_of(d.c.user_id == user_id, page)
+        return render_template(
+            "demo_devices.html",
+            title=f"Devices of {USERS.get(user_id, user_id)}",
+            rows=rows,
+            page=page + 1,
+            pages=pages,
+            legend_url=widget(f"/users/{user_id}/devices/status"),
+        )
+
+    @app.get("/billing/devices/device_edit/<int:device_id>")
+    def device_edit(device_id: int) -> Any:
+        with engine.connect() as conn:
+            row = conn.execute(select(d).where(d.c.id == device_id)).first()
+        if row is None:
+            abort(404)
+        return render_template("demo_device_edit.html", title=f"Device {row.name}", row=row)
+
+    return app
+
+
+# ---------------------------------------------------------------- the world behind it
+
+
+def demo_peers(count: int) -> list[Any]:
+    """The simulator's peers: a realistic mix, one of each status guaranteed, the roamer."""
+    from mor_plugin.simulator import SimPeer, realistic_peers
+
+    peers = realistic_peers(count, seed=7, prefix="demo")
+    for peer, status in zip(
+        peers, ("OK (18 ms)", "LAGGED (2620 ms)", "UNREACHABLE", "UNKNOWN", "Unmonitored")
+    ):
+        peer.status = status
+        if status == "UNKNOWN":
+            peer.ip, peer.port = None, 0
+    # assigned to server 2 in MOR, but it registers here: the wrong-server diagnostic
+    peers.append(SimPeer(WRONG_SERVER, "OK (31 ms)", "203.0.113.50", 5060))
+    return peers
+
+
+def seed_database(db_url: str, peers: Sequence[Any]) -> None:
+    """MOR's tables with one SIP device per peer, plus the never-registered one."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("PRAGMA journal_mode=WAL"))  # readers never wait for the collector
+    schema.mor_metadata.create_all(engine)
+    user_ids = sorted(USERS)
+    rows = [
+        {
+            "id": number,
+            "name": peer.name,
+            "device_type": "SIP",
+            "user_id": user_ids[number % len(user_ids)],
+            "server_id": 2 if peer.name == WRONG_SERVER else 1,
+            "qualify": "no" if peer.status == "Unmonitored" else "yes",
+            "description": peer.description or f"Phone {number}",
+            "reg_status": None,
+        }
+        for number, peer in enumerate(peers, start=1)
+    ]
+    rows.append(
+        {
+            "id": len(rows) + 1,
+            "name": NEVER_REGISTERED,
+            "device_type": "SIP",
+            "user_id": user_ids[0],
+            "server_id": 1,
+            "qualify": "yes",
+            "description": "Never plugged in",
+            "reg_status": None,
+        }
+    )
+    with engine.begin() as conn:
+        conn.execute(schema.servers.delete())
+        conn.execute(schema.devices.delete())
+        conn.execute(
+            schema.servers.insert(),
+            [
+                {"id": 1, "server_ip": "127.0.0.1", "hostname": "asterisk-1"},
+                {"id": 2, "server_ip": "192.0.2.2", "hostname": "asterisk-2"},
+            ],
+        )
+        conn.execute(schema.devices.insert(), rows)
+    engine.dispose()
+
+
+def write_mor_conf(data_dir: Path, db_url: str, ami_port: int, username: str, secret: str) -> Path:
+    conf = data_dir / "mor.conf"
+    conf.write_text(
+        "# written by widget.demo for the collector\n"
+        f"db_url = {db_url}\n"
+        "server_id = 1\n"
+        "ami_host = 127.0.0.1\n"
+        f"ami_port = {ami_port}\n"
+        f"ami_username = {username}\n"
+        f"ami_secret = {secret}\n"
+        f"manager_conf = {data_dir / 'manager.conf'}\n"
+        f"log_file = {data_dir / 'collector.log'}\n"
+        f"state_file = {data_dir / 'collector.state.json'}\n"
+        f"lock_file = {data_dir / 'collector.lock'}\n"
+    )
+    conf.chmod(0o600)
+    return conf
+
+
+def run_collector(conf: Path) -> int:
+    """One collector run, as cron would start it."""
+    from mor_plugin import cli
+
+    before = list(logging.getLogger().handlers)
+    try:
+        return cli.main(["--config", str(conf)])
+    finally:
+        # the collector adds a log file handler per run (it expects one run per process)
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if handler not in before:
+                root.removeHandler(handler)
+                handler.close()
+
+
+@contextmanager
+def collector_loop(conf: Path, interval: float) -> Iterator[None]:
+    """The collector every ``interval`` seconds in a thread, until the block ends."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            code = run_collector(conf)
+            if code:
+                log.warning("collector run exited with %d (see %s)", code, conf.parent)
+
+    thread = threading.Thread(target=loop, name="collector", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def demo_app(db_url: str, secret: str, stale_after: int = 60) -> Flask:
+    """The mock MOR pages with the widget mounted at ``/mor-status``, as MOR's proxy would."""
+    widget = create_app(
+        {
+            "MOR_WIDGET_DB_URL": db_url,
+            "MOR_WIDGET_SECRET": secret,
+            "MOR_WIDGET_REFRESH": 5,
+            "MOR_WIDGET_STALE_AFTER": stale_after,
+        }
+    )
+    mor = create_mor_app(db_url, WIDGET_PREFIX, secret)
+    mor.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        mor.wsgi_app, {WIDGET_PREFIX: widget}
+    )
+    return mor
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m widget.demo",
+        description="MOR registration status, all in one process: simulator, collector, "
+        "mock MOR pages and the widget.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (%(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT", "8080")), help="(%(default)s)"
+    )
+    parser.add_argument("--peers", type=int, default=300, help="simulated SIP peers (%(default)s)")
+    parser.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between collector runs (%(default)s)"
+    )
+    parser.add_argument("--data-dir", type=Path, help="where to keep the demo's files (a temp dir)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    # the console shows trouble only; each collector run logs into the data dir
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(console)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # a service manager's SIGTERM stops the demo as cleanly as Ctrl-C
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.data_dir:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+        return serve(args, args.data_dir)
+    with tempfile.TemporaryDirectory(prefix="mor-regstatus-demo-") as temp:
+        return serve(args, Path(temp))
+
+
+def serve(args: argparse.Namespace, data_dir: Path) -> int:
+    """Everything running until Ctrl-C; files in ``data_dir``."""
+    from mor_plugin.simulator import AmiSimulator, run_in_thread
+
+    db_url = f"sqlite:///{data_dir.resolve() / 'mor.sqlite'}"
+    peers = demo_peers(args.peers)
+    # the never-registered device has no peer; everything else registers
+    seed_database(db_url, peers)
+    ami_user, ami_secret = "mor-demo", secrets.token_hex(8)
+    widget_secret = secrets.token_hex(16)
+    sim = AmiSimulator(peers, version="18", username=ami_user, secret=ami_secret, drift=True)
+    with run_in_thread(sim):
+        conf = write_mor_conf(data_dir, db_url, sim.port, ami_user, ami_secret)
+        code = run_collector(conf)  # a first run so the pages have data at once
+        if code:
+            print(f"the first collector run failed ({code}); see {data_dir}", file=sys.stderr)
+        mor = demo_app(db_url, widget_secret, stale_after=max(60, int(args.interval * 6)))
+        server = make_server(args.host, args.port, mor, threaded=True)
+        base = f"http://{args.host}:{server.server_port}"
+        print(
+            f"\nMOR registration status demo ({len(peers)} simulated peers, data in {data_dir})\n"
+            f"  device list:  {base}/billing/devices/devices_all\n"
+            f"  one user:     {base}/billing/devices/show_devices/2\n"
+            f"  device edit:  {base}/billing/devices/device_edit/1\n"
+            f"  widget:       {base}{WIDGET_PREFIX}/healthz\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        with collector_loop(conf, args.interval):
+            try:
+                server.serve_forever()  # returns on Ctrl-C (werkzeug catches it)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                server.server_close()
+                print("\nstopping the collector and the simulator ...", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The widget's settings: defaults, then a ``key = value`` file, then the environment.
+
+The file named by ``MOR_WIDGET_CONFIG`` is a flat ``key = value`` file like
+mor.conf (``#`` and ``;`` start comments). Keys are the environment variable
+names (``MOR_WIDGET_DB_URL``) or their short forms (``db_url``), in any case.
+The file is parsed, never executed, so a read-only secret file is all it takes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+PREFIX = "MOR_WIDGET_"
+
+DEFAULTS: dict[str, Any] = {
+    "MOR_WIDGET_DB_URL": None,
+    "MOR_WIDGET_SECRET": None,
+    "MOR_WIDGET_FRAME_ANCESTORS": "",
+    "MOR_WIDGET_STALE_AFTER": 180,
+    "MOR_WIDGET_REFRESH": 30,
+    # seconds a dead database may take to refuse before the request answers 503
+    "MOR_WIDGET_DB_CONNECT_TIMEOUT": 3,
+    "MOR_WIDGET_DB_READ_TIMEOUT": 5,
+}
+KEYS = tuple(DEFAULTS)
+_INTEGER_KEYS = (
+    "MOR_WIDGET_STALE_AFTER",
+    "MOR_WIDGET_REFRESH",
+    "MOR_WIDGET_DB_CONNECT_TIMEOUT",
+    "MOR_WIDGET_DB_READ_TIMEOUT",
+)
+# an origin as CSP's frame-ancestors accepts it: scheme://host[:port], host wildcards allowed
+_SOURCE = re.compile(r"^(?:https?://)?(?:\*\.)?[A-Za-z0-9.-]+(?::(?:\d{1,5}|\*))?$")
+_KEYWORDS = ("'self'", "'none'")
+
+
+class ConfigError(ValueError):
+    """A setting that the widget cannot start with; the message says what to fix."""
+
+
+def _canonical_key(raw: str) -> Optional[str]:
+    key = raw.strip().upper()
+    if not key.startswith(PREFIX):
+        key = PREFIX + key
+    return key if key in DEFAULTS else None
+
+
+def read_config_file(path: str) -> dict[str, str]:
+    """The settings in a ``key = value`` file; unknown keys are an error (typos)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read MOR_WIDGET_CONFIG file {path}: {exc.strerror}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        name, sep, value = stripped.partition("=")
+        key = _canonical_key(name)
+        if not sep or key is None:
+            raise ConfigError(f"{path}:{number}: expected one of {', '.join(KEYS)} = value")
+        values[key] = value.strip()
+    return values
+
+
+def load(
+    environ: Mapping[str, str], overrides: Optional[Mapping[str, Any]] = None
+) -> dict[str, Any]:
+    """Defaults < file named by ``MOR_WIDGET_CONFIG`` < environment < ``overrides``."""
+    merged: dict[str, Any] = dict(DEFAULTS)
+    file_name = (overrides or {}).get("MOR_WIDGET_CONFIG") or environ.get("MOR_WIDGET_CONFIG")
+    if file_name:
+        merged.update(read_config_file(file_name))
+    merged.update({key: environ[key] for key in KEYS if environ.get(key)})
+    if overrides:
+        merged.update(
+            {key: value for key, value in overrides.items() if key != "MOR_WIDGET_CONFIG"}
+        )
+    return validate(merged)
+
+
+def validate(values: dict[str, Any]) -> dict[str, Any]:
+    """Checked and typed settings, or a ``ConfigError`` naming the bad one."""
+    url = values.get("MOR_WIDGET_DB_URL")
+    if not url:
+        raise ConfigError(
+            "MOR_WIDGET_DB_URL is not set: give the MOR database as a SQLAlchemy URL, "
+            "e.g. mysql+pymysql://mor_widget:PASSWORD@127.0.0.1/mor"
+        )
+    try:
+        make_url(str(url))
+    except ArgumentError:
+        raise ConfigError(f"MOR_WIDGET_DB_URL is not a SQLAlchemy URL: {url!r}") from None
+    for key in _INTEGER_KEYS:
+        try:
+            values[key] = int(values[key])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{key} must be a whole number of seconds, not {values[key]!r}"
+            ) from None
+        if values[key] < 1:
+            raise ConfigError(f"{key} must be at least 1 second")
+    values["MOR_WIDGET_SECRET"] = values.get("MOR_WIDGET_SECRET") or None
+    values["MOR_WIDGET_FRAME_ANCESTORS"] = frame_ancestors(values.get("MOR_WIDGET_FRAME_ANCESTORS"))
+    return values
+
+
+def frame_ancestors(raw: Any) -> tuple[str, ...]:
+    """The origins allowed to embed the widget; an empty setting means only the same origin."""
+    items = raw.split() if isinstance(raw, str) else list(raw or ())
+    for item in items:
+        if item not in _KEYWORDS and not _SOURCE.match(item):
+            raise ConfigError(
+                f"MOR_WIDGET_FRAME_ANCESTORS: {item!r} is not an origin like https://mor.example.com"
+            )
+    return tuple(items) or ("'self'",)
