@@ -118,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(settings: Settings) -> None:
+def _setup_logging(settings: Settings) -> logging.Handler:
+    """Log to the file of mor.conf; the caller removes the handler when the run ends."""
     settings.log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(settings.log_file, encoding="utf-8")
     handler.setFormatter(
@@ -134,6 +135,7 @@ def _setup_logging(settings: Settings) -> None:
     logging.getLogger("sqlalchemy.engine").setLevel(
         logging.INFO if settings.show_sql else logging.WARNING
     )
+    return handler
 
 
 @contextmanager
@@ -347,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as err:
         return _fail(str(err), EXIT_CONFIG, sys.stderr)
     try:
-        _setup_logging(settings)
+        handler = _setup_logging(settings)
     except OSError as err:
         return _fail(
             f"{settings.log_file}: cannot write the log ({err.strerror}) "
@@ -375,7 +377,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stderr,
         )
     finally:
-        logging.shutdown()
+        # main() may run many times in one process (the demo's loop, tests)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -206,16 +206,7 @@ def run_collector(conf: Path) -> int:
     """One collector run, as cron would start it."""
     from mor_plugin import cli
 
-    before = list(logging.getLogger().handlers)
-    try:
-        return cli.main(["--config", str(conf)])
-    finally:
-        # the collector adds a log file handler per run (it expects one run per process)
-        root = logging.getLogger()
-        for handler in list(root.handlers):
-            if handler not in before:
-                root.removeHandler(handler)
-                handler.close()
+    return cli.main(["--config", str(conf)])
 
 
 @contextmanager
