@@ -118,7 +118,7 @@ class Settings:
     ami_connect_timeout: float = 5.0
     ami_timeout: float = 10.0
     ami_list_timeout: float = 60.0
-    db_timeout: float = 30.0       # each database read or write
+    db_timeout: float = 30.0  # each database read or write
     unknown_after: float = 3600.0
     log_file: Path = DEFAULT_LOG_FILE
     state_file: Path = DEFAULT_STATE_FILE

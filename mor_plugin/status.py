@@ -8,10 +8,11 @@ Asterisk's exact format (``OK (23 ms)``, ``LAGGED (2345 ms)``, ``UNREACHABLE``,
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Optional
+from typing import Any, Optional
 
 OK = "ok"
 LAGGED = "lagged"
@@ -24,10 +25,17 @@ KINDS = (OK, LAGGED, UNREACHABLE, UNKNOWN, UNMONITORED, NONE)
 #: Kinds in which Asterisk has an answering (or at least registered) device.
 SEEN_KINDS = frozenset({OK, LAGGED, UNMONITORED})
 
+#: Frozen values; with __slots__ where Python has them (3.10+): 100k peers and
+#: device states are the bulk of a large run's memory.
+_VALUE: dict[str, Any] = {
+    "frozen": True,
+    **({"slots": True} if sys.version_info >= (3, 10) else {}),
+}
+
 _TIMED = re.compile(r"^(OK|LAGGED) \((\d{1,9}) ms\)$")
 
 
-@dataclass(frozen=True)
+@dataclass(**_VALUE)
 class Peer:
     """One SIP peer as Asterisk lists it (one ``PeerEntry``)."""
 
@@ -37,7 +45,7 @@ class Peer:
     port: Optional[int] = None
 
 
-@dataclass(frozen=True)
+@dataclass(**_VALUE)
 class Device:
     """One of MOR's SIP devices assigned to this server, as stored."""
 
@@ -46,7 +54,7 @@ class Device:
     reg_status: Optional[str]
 
 
-@dataclass(frozen=True)
+@dataclass(**_VALUE)
 class DeviceState:
     """What the project keeps per device beyond ``devices.reg_status``."""
 
@@ -60,7 +68,7 @@ class DeviceState:
     port: Optional[int] = None
 
 
-@dataclass(frozen=True)
+@dataclass(**_VALUE)
 class ElsewhereDevice:
     """A MOR SIP device assigned to another server, found by peer name."""
 
@@ -69,7 +77,7 @@ class ElsewhereDevice:
     server_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(**_VALUE)
 class WrongServer:
     """A device registered here although MOR assigns it to another server."""
 
@@ -81,7 +89,7 @@ class WrongServer:
     port: Optional[int]
 
 
-@dataclass(frozen=True)
+@dataclass(**_VALUE)
 class Plan:
     """Everything one collector run should write, and nothing more."""
 
@@ -92,7 +100,6 @@ class Plan:
     # kept states of devices no longer assigned to this server (deleted, re-homed)
     forgotten_device_ids: tuple[int, ...] = ()
     peers_listed: int = 0
-    new_statuses: Mapping[int, Optional[str]] = field(default_factory=dict)
 
 
 def kind_of(reg_status: Optional[str]) -> str:
@@ -127,7 +134,7 @@ def normalize_status(raw: str) -> str:
     """
     value = raw.strip()
     if _TIMED.match(value) or value in ("UNREACHABLE", "UNKNOWN", "Unmonitored"):
-        return value
+        return sys.intern(value)  # a few hundred distinct strings for 100k peers
     return "UNKNOWN"
 
 
@@ -154,13 +161,24 @@ def parse_address(ip_field: str, port_field: str) -> tuple[Optional[str], Option
 
 
 def peer_from_fields(fields: Mapping[str, str]) -> Optional[Peer]:
-    """A ``Peer`` from the fields of one ``PeerEntry`` (keys in any case)."""
-    lowered = {key.lower(): value for key, value in fields.items()}
-    name = lowered.get("objectname", "").strip()
+    """A ``Peer`` from the fields of one ``PeerEntry`` (keys in any case).
+
+    Asterisk spells the keys as below, so those are looked up first; a mapping
+    with other spellings is lower-cased once. This runs once per peer.
+    """
+    if "ObjectName" not in fields:
+        lowered = {key.lower(): value for key, value in fields.items()}
+        fields = {
+            "ObjectName": lowered.get("objectname", ""),
+            "Status": lowered.get("status", ""),
+            "IPaddress": lowered.get("ipaddress", ""),
+            "IPport": lowered.get("ipport", ""),
+        }
+    name = fields.get("ObjectName", "").strip()
     if not name:
         return None
-    ip, port = parse_address(lowered.get("ipaddress", ""), lowered.get("ipport", ""))
-    return Peer(name=name, status=normalize_status(lowered.get("status", "")), ip=ip, port=port)
+    ip, port = parse_address(fields.get("IPaddress", ""), fields.get("IPport", ""))
+    return Peer(name=name, status=normalize_status(fields.get("Status", "")), ip=ip, port=port)
 
 
 def effective_status(
@@ -197,9 +215,14 @@ def plan_cycle(
     others); a device that Asterisk does not list gets NULL. Peers without a
     device here are returned as ``unmatched_peers`` for the wrong-server check.
     """
-    by_name: dict[str, list[Device]] = {}
+    # One entry per name; a list only for the rare names that several devices share.
+    by_name: dict[str, Device] = {}
+    shared_names: dict[str, list[Device]] = {}
     for device in devices:
-        by_name.setdefault(device.name, []).append(device)
+        if device.name in by_name:
+            shared_names.setdefault(device.name, [by_name[device.name]]).append(device)
+        else:
+            by_name[device.name] = device
 
     new_status: dict[int, Optional[str]] = {}
     new_states: dict[int, DeviceState] = {}
@@ -207,11 +230,11 @@ def plan_cycle(
     listed = 0
     for peer in peers:
         listed += 1
-        matches = by_name.get(peer.name)
-        if not matches:
+        single = by_name.get(peer.name)
+        if single is None:
             unmatched.append(peer)
             continue
-        for device in matches:
+        for device in shared_names.get(peer.name) or (single,):
             reg_status, unreachable_since = effective_status(
                 peer, states.get(device.id), now, unknown_after
             )
@@ -251,7 +274,6 @@ def plan_cycle(
         unmatched_peers=tuple(unmatched),
         forgotten_device_ids=tuple(sorted(set(states) - {device.id for device in devices})),
         peers_listed=listed,
-        new_statuses=new_status,
     )
 
 
