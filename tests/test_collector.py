@@ -431,6 +431,13 @@ def test_asterisk_hanging_mid_list_fails_after_the_timeout(
     assert 1.5 < elapsed < 6
 
 
+def test_garbage_in_the_list_fails_the_run_instead_of_writing_it(
+    mor: MorDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err, _ = fault_run(mor, tmp_path, capsys, Faults(garbage=True))
+    assert_failed_cleanly(code, err, 3, "announced ListItems")
+
+
 def test_list_without_its_end_marker_fails(
     mor: MorDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
