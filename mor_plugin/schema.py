@@ -12,12 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
+    text,
 )
 
 #: MOR's own tables, as far as this project uses them.
@@ -78,6 +82,9 @@ device_state = Table(
     Column("unreachable_since", DateTime),
     Column("ip", String(45)),
     Column("port", Integer),
+    # schema 2: >= flap_changes transitions within flap_window minutes
+    Column("flapping", Boolean, nullable=False, server_default=text("0")),
+    Column("flapping_since", DateTime),
     **_OWN_TABLE_OPTIONS,
 )
 
@@ -100,6 +107,10 @@ server_state = Table(
     Column("n_none", Integer, nullable=False, default=0),
     Column("n_wrong_server", Integer, nullable=False, default=0),
     Column("asterisk_version", String(30)),
+    # schema 2: the AMI event listener (mor-retrieve-peers --watch) of this server
+    Column("listener_connected", Boolean, nullable=False, server_default=text("0")),
+    Column("listener_seen", DateTime),  # its last heartbeat
+    Column("listener_since", DateTime),  # connected (or disconnected) since
     **_OWN_TABLE_OPTIONS,
 )
 
@@ -115,6 +126,53 @@ wrong_server = Table(
     Column("port", Integer),
     Column("first_seen", DateTime, nullable=False),
     Column("last_seen", DateTime, nullable=False),
+    **_OWN_TABLE_OPTIONS,
+)
+
+# --- schema 2: history ---------------------------------------------------------
+
+#: One row per change of a device's bullet (never for latency jitter).
+history = Table(
+    "mor_regstatus_history",
+    own_metadata,
+    # append-only log: a surrogate key, ordered by insertion
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("device_id", Integer, nullable=False),
+    Column("server_id", Integer, nullable=False),
+    Column("at", DateTime, nullable=False),  # UTC
+    Column("from_status", String(12), nullable=False),  # a mor_plugin.status kind
+    Column("to_status", String(12), nullable=False),
+    Column("reg_status", String(50)),  # the string written, NULL for "none"
+    Column("latency_ms", Integer),
+    Column("source", String(8), nullable=False),  # "poll" or "event"
+    Index("mor_regstatus_history_device_at", "device_id", "at"),
+    Index("mor_regstatus_history_at", "at"),
+    **_OWN_TABLE_OPTIONS,
+)
+
+#: Latency samples, one row per device and hour: ``samples`` holds space-separated
+#: ``<seconds since the hour>:<ms>`` pairs, e.g. ``"0:23 60:25 120:24"``.
+latency = Table(
+    "mor_regstatus_latency",
+    own_metadata,
+    Column("device_id", Integer, primary_key=True, autoincrement=False),
+    Column("hour", DateTime, primary_key=True),  # UTC, minutes and seconds zero
+    Column("samples", String(2000), nullable=False),
+    Index("mor_regstatus_latency_hour", "hour"),
+    **_OWN_TABLE_OPTIONS,
+)
+
+#: Webhook dampening: what was last sent for a device.
+notified = Table(
+    "mor_regstatus_notified",
+    own_metadata,
+    Column("device_id", Integer, primary_key=True, autoincrement=False),
+    Column("last_status", String(12), nullable=False),
+    Column("last_sent", DateTime, nullable=False),
+    Column("window_start", DateTime, nullable=False),
+    Column("sent_in_window", Integer, nullable=False),
     **_OWN_TABLE_OPTIONS,
 )
 

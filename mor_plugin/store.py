@@ -87,11 +87,36 @@ def describe_db_error(err: BaseException) -> str:
 
 def _migration_1(conn: Connection) -> None:
     """The first schema: device state, server summary, wrong-server registrations."""
-    schema.own_metadata.create_all(conn, checkfirst=True)
+    for table in (schema.device_state, schema.server_state, schema.wrong_server):
+        table.create(conn, checkfirst=True)
+
+
+def _add_missing_columns(conn: Connection, table: Any, names: Iterable[str]) -> None:
+    present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in present:
+            column = table.c[name]
+            ddl = column.type.compile(dialect=conn.dialect)
+            default = f" DEFAULT {column.server_default.arg.text}" if column.server_default else ""
+            null = "" if column.nullable else " NOT NULL"
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {ddl}{null}{default}")
+
+
+def _migration_2(conn: Connection) -> None:
+    """History: transitions, latency samples, flapping, the event listener, webhooks."""
+    _add_missing_columns(conn, schema.device_state, ("flapping", "flapping_since"))
+    _add_missing_columns(
+        conn, schema.server_state, ("listener_connected", "listener_seen", "listener_since")
+    )
+    for table in (schema.history, schema.latency, schema.notified):
+        table.create(conn, checkfirst=True)
 
 
 #: (version, migration) in order; a migration must be safe to run twice.
-MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _migration_1),)
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
+    (1, _migration_1),
+    (2, _migration_2),
+)
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 
