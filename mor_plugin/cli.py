@@ -246,7 +246,7 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
         if not dry_run:
             try:
                 applied = store.ensure_schema(engine, utc_now())
-            except SQLAlchemyError as err:
+            except (SQLAlchemyError, store.StoreError) as err:
                 raise RunFailed(
                     f"database {settings.masked_db_url()}: {store.describe_db_error(err)}",
                     EXIT_DATABASE,
@@ -388,7 +388,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             engine = store.make_engine(settings.db_url, timeout=settings.db_timeout)
             applied = store.migrate(engine, utc_now())
             engine.dispose()
-        except SQLAlchemyError as err:
+        except (SQLAlchemyError, store.StoreError) as err:
             message = f"database {settings.masked_db_url()}: {store.describe_db_error(err)}"
             log.error("migration failed: %s", message)
             return _fail(message, EXIT_DATABASE, sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional, TypeVar
@@ -18,7 +19,7 @@ from typing import Any, Callable, Optional, TypeVar
 from sqlalchemy import bindparam, create_engine, delete, func, inspect, select, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.expression import Insert
 
 from . import schema
@@ -34,6 +35,8 @@ CHUNK = 2000
 BATCH = 5000
 #: Session-private table holding a run's new reg_status values (MySQL only).
 _NEW_STATUS = "mor_regstatus_new_status"
+#: Seconds a collector waits for another one's schema migration.
+MIGRATE_WAIT = 60
 #: MySQL/MariaDB errors worth one more try: deadlock, lock wait timeout.
 RETRYABLE_MYSQL_ERRORS = (1213, 1205)
 
@@ -128,24 +131,42 @@ def schema_version(conn: Connection) -> int:
 
 
 def migrate(engine: Engine, now: datetime) -> list[int]:
-    """Bring the project's own tables to the latest version; returns the versions applied."""
-    applied: list[int] = []
-    with engine.begin() as conn:
-        schema.schema_version.create(conn, checkfirst=True)
-    for version, step in MIGRATIONS:
+    """Bring the project's own tables to the latest version; returns the versions applied.
+
+    Every server's collector may find a fresh database at the same moment: on
+    MySQL a named lock lets one of them migrate while the others wait, then
+    find nothing left to do.
+    """
+    with engine.connect() as holder, _migration_lock(holder):
+        applied: list[int] = []
         with engine.begin() as conn:
-            if schema_version(conn) >= version:
-                continue
-            step(conn)
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        schema.schema_version.insert().values(version=version, applied_at=now)
-                    )
-            except IntegrityError:
-                pass  # another server's collector applied it at the same moment
-            applied.append(version)
-    return applied
+            schema.schema_version.create(conn, checkfirst=True)
+        for version, step in MIGRATIONS:
+            with engine.begin() as conn:
+                if schema_version(conn) >= version:
+                    continue
+                step(conn)
+                conn.execute(schema.schema_version.insert().values(version=version, applied_at=now))
+                applied.append(version)
+        return applied
+
+
+@contextmanager
+def _migration_lock(conn: Connection) -> Iterator[None]:
+    """MySQL's GET_LOCK for the duration of a migration (SQLite: one writer anyway)."""
+    if not _is_mysql(conn):
+        yield
+        return
+    got = conn.exec_driver_sql("SELECT GET_LOCK('mor_regstatus_migrate', %s)", (MIGRATE_WAIT,))
+    if got.scalar() != 1:
+        raise StoreError(
+            f"another collector kept migrating the schema for {MIGRATE_WAIT} s -- see its log"
+        )
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql("SELECT RELEASE_LOCK('mor_regstatus_migrate')")
+        conn.commit()
 
 
 def ensure_schema(engine: Engine, now: datetime) -> list[int]:

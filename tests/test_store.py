@@ -83,3 +83,28 @@ def test_a_fresh_database_gets_every_version_once(
         versions = conn.execute(text("SELECT version FROM mor_regstatus_schema ORDER BY 1")).all()
     assert [v for (v,) in versions] == [1, 2]
     engine.dispose()
+
+
+def test_collectors_migrating_a_fresh_database_at_once_all_succeed(mor_db: MorDatabase) -> None:
+    """Every server's first run may meet the empty database at the same moment."""
+    import threading
+
+    engines = [create_engine(mor_db.url) for _ in range(5)]
+    results: list[object] = []
+    start = threading.Barrier(len(engines))
+
+    def first_run(engine: object) -> None:
+        start.wait()
+        try:
+            results.append(store.migrate(engine, NOW))  # type: ignore[arg-type]
+        except Exception as err:  # noqa: BLE001 - the test reports what went wrong
+            results.append(err)
+
+    threads = [threading.Thread(target=first_run, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results, key=len) == [[], [], [], [], [1, 2]]  # type: ignore[arg-type]
+    for engine in engines:
+        engine.dispose()
