@@ -1,0 +1,220 @@
+"""The collector cycle, the legacy baseline and the raw floor at one peer count.
+
+Each measured run is a child process (``bench.child``) against the simulator
+running in this process, so the child's figures are the collector's alone.
+Scenarios, all on server 1 with a tenth as many devices of server 2 beside:
+
+* ``cold``: every ``reg_status`` NULL and the project's own rows deleted first,
+  so every device is written;
+* ``steady``: the simulator moves each OK/LAGGED latency by up to ±3 ms per
+  list, as qualify does; only the rows whose string changed are written;
+* ``idle``: the same list twice; nothing to write;
+* ``outage``: from a settled database, 30 % of the peers go UNREACHABLE;
+* ``legacy``: the MOR algorithm (``bench.legacy``) on the cold data;
+* ``floor``: the AMI bytes of the list read and thrown away (``bench.floor``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from mor_plugin.simulator import AmiSimulator, SimPeer, realistic_peers, run_in_thread
+
+from . import db as benchdb
+
+ROOT = Path(__file__).resolve().parent.parent
+AMI_USER, AMI_SECRET = "mor", "bench-secret"
+OUTAGE_SHARE = 0.30
+COLLECTOR_MODES = ("cold", "steady", "idle", "outage")
+
+
+class ChildFailed(RuntimeError):
+    pass
+
+
+def run_child(job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    """One measured run in a fresh interpreter; its JSON result plus the process's wall time."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.child", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+    process_wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise ChildFailed(f"{job['kind']} run failed: {proc.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall"] = process_wall
+    return result
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the runs; the statement and row counts of the last run (they repeat)."""
+    last = runs[-1]
+    rows: dict[str, int] = last.get("rows", {})
+    own = sum(n for table, n in rows.items() if table in benchdb.OWN_TABLES)
+    return {
+        "runs": len(runs),
+        "wall_s": statistics.median(r["wall"] for r in runs),
+        "wall_min_s": min(r["wall"] for r in runs),
+        "wall_max_s": max(r["wall"] for r in runs),
+        "process_wall_s": statistics.median(r["process_wall"] for r in runs),
+        "cpu_s": statistics.median(r["cpu"] for r in runs),
+        "rss_mb": max(r["rss_mb"] for r in runs),
+        "statements": last.get("statements"),
+        "devices_rows": rows.get("devices", 0) if "rows" in last else None,
+        "own_rows": own if "rows" in last else None,
+        "scratch_rows": sum(
+            n
+            for table, n in rows.items()
+            if table not in benchdb.OWN_TABLES and table not in ("devices", "servers")
+        )
+        if "rows" in last
+        else None,
+        "detail": last.get("detail", {}),
+        "samples_s": [round(r["wall"], 4) for r in runs],
+    }
+
+
+class CycleBench:
+    """One database, one simulator, ``n`` peers; runs every scenario at that size."""
+
+    def __init__(self, n: int, database: benchdb.BenchDatabase, workdir: Path) -> None:
+        self.n = n
+        self.database = database
+        self.workdir = workdir
+        self.baseline = realistic_peers(n, seed=n)
+        self.sim = AmiSimulator(
+            self.fresh_peers(), username=AMI_USER, secret=AMI_SECRET, version="11", seed=n
+        )
+        self.root = benchdb.root_connection(database.name)
+
+    def fresh_peers(self) -> list[SimPeer]:
+        return [replace(p) for p in self.baseline]
+
+    def job(self, kind: str, **extra: Any) -> dict[str, Any]:
+        job = {
+            "kind": kind,
+            "db_url": self.database.url,
+            "pymysql": self.database.pymysql_args(),
+            "server_id": 1,
+            "ami": {
+                "host": "127.0.0.1",
+                "port": self.sim.port,
+                "username": AMI_USER,
+                "secret": AMI_SECRET,
+            },
+            "tmp": str(self.workdir),
+        }
+        job.update(extra)
+        return job
+
+    def setup(self) -> None:
+        benchdb.add_servers(self.root, [1, 2])
+        benchdb.add_devices(self.root, self.n, 1)
+        benchdb.add_devices(self.root, max(1, self.n // 10), 2, prefix="b-")
+
+    def cold_reset(self) -> None:
+        self.sim.drift = False
+        self.sim.peers = self.fresh_peers()
+        benchdb.reset_statuses(self.root)
+
+    def repeat(self, runs: int, before: Optional[Callable[[], None]], job: dict[str, Any]) -> Any:
+        results = []
+        for _ in range(runs):
+            if before is not None:
+                before()
+            results.append(run_child(job))
+        return summarise(results)
+
+    def outage(self) -> None:
+        """Settle on the baseline list, then take 30 % of the peers down."""
+        self.sim.drift = False
+        self.sim.peers = self.fresh_peers()
+        run_child(self.job("collector"))
+        rng = random.Random(self.n)  # noqa: S311 - simulation
+        for peer in rng.sample(self.sim.peers, int(len(self.sim.peers) * OUTAGE_SHARE)):
+            peer.status = "UNREACHABLE"
+
+    def run(
+        self, runs: int, legacy_runs: int, log: Callable[[str], None], outage_runs: int = 0
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {"peers": self.n}
+        with run_in_thread(self.sim):
+            self.setup()
+            self.cold_reset()
+            run_child(self.job("collector"))  # migrates, warms the buffer pool; not counted
+            log(f"{self.n:>7} peers: floor")
+            out["floor"] = self.repeat(runs, None, self.job("floor"))
+            log(f"{self.n:>7} peers: collector cold")
+            out["cold"] = self.repeat(runs, self.cold_reset, self.job("collector"))
+            log(f"{self.n:>7} peers: collector steady")
+            self.sim.drift = True
+            out["steady"] = self.repeat(runs, None, self.job("collector"))
+            log(f"{self.n:>7} peers: collector idle")
+            self.sim.drift = False  # the next list repeats the last one
+            out["idle"] = self.repeat(runs, None, self.job("collector"))
+            log(f"{self.n:>7} peers: collector after a 30 % outage")
+            out["outage"] = self.repeat(outage_runs or runs, self.outage, self.job("collector"))
+            if legacy_runs:
+                log(f"{self.n:>7} peers: legacy baseline ({legacy_runs} run(s))")
+                out["legacy"] = self.repeat(legacy_runs, self.cold_reset, self.job("legacy"))
+        self.root.close()
+        return out
+
+    def profile(self, path: Path) -> None:
+        """One cold collector run under cProfile (used when a target fails)."""
+        with run_in_thread(self.sim):
+            self.cold_reset()
+            run_child(self.job("collector"))  # migrates and warms up, as in the measured runs
+            self.cold_reset()
+            run_child(self.job("collector", profile=str(path)))
+
+
+def bench_sizes(
+    sizes: list[int],
+    runs_for: Callable[[int], int],
+    legacy_runs_for: Callable[[int], int],
+    log: Callable[[str], None],
+    outage_runs: int = 0,
+) -> list[dict[str, Any]]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mor-bench-") as tmp:
+        for n in sizes:
+            with benchdb.bench_database() as database:
+                bench = CycleBench(n, database, Path(tmp))
+                results.append(bench.run(runs_for(n), legacy_runs_for(n), log, outage_runs))
+    return results
+
+
+def profile_cold(n: int, log: Callable[[str], None], top: int = 25) -> str:
+    """The top of a cProfile of one cold run at ``n`` peers, as text."""
+    import io
+    import pstats
+
+    with tempfile.TemporaryDirectory(prefix="mor-bench-") as tmp, benchdb.bench_database() as d:
+        bench = CycleBench(n, d, Path(tmp))
+        bench.setup()
+        log(f"{n:>7} peers: profiling one cold collector run")
+        path = Path(tmp) / "cold.prof"
+        bench.profile(path)
+        bench.root.close()
+        text = io.StringIO()
+        stats = pstats.Stats(str(path), stream=text)
+        stats.strip_dirs().sort_stats("cumulative").print_stats(top)
+        stats.sort_stats("tottime").print_stats(top)
+    return text.getvalue()

@@ -1,0 +1,311 @@
+"""Targets, the printed table and the plot of a benchmark's results."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+MODES = ("floor", "cold", "steady", "idle", "outage", "legacy")
+MODE_COLORS = {
+    "floor": "tab:blue",
+    "cold": "tab:orange",
+    "steady": "tab:green",
+    "idle": "tab:gray",
+    "outage": "tab:purple",
+    "legacy": "tab:brown",
+}
+MODE_LABELS = {
+    "floor": "raw AMI floor",
+    "cold": "collector cold",
+    "steady": "collector steady",
+    "idle": "collector idle",
+    "outage": "collector 30% outage",
+    "legacy": "legacy MOR",
+}
+
+
+def _at(results: dict[str, Any], n: int) -> Optional[dict[str, Any]]:
+    for entry in results.get("collector", []):
+        if entry["peers"] == n:
+            return entry  # type: ignore[no-any-return]
+    return None
+
+
+def _target(
+    name: str, goal: str, value: Optional[float], ok: Optional[bool], shown: str
+) -> dict[str, Any]:
+    status = "n/a" if ok is None else ("pass" if ok else "FAIL")
+    return {"target": name, "goal": goal, "value": value, "shown": shown, "status": status}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    at10k, at100k = _at(results, 10_000), _at(results, 100_000)
+    cold10 = at10k["cold"]["wall_s"] if at10k else None
+    out.append(
+        _target(
+            "collector 10k cold",
+            "<= 1 s median",
+            cold10,
+            None if cold10 is None else cold10 <= 1.0,
+            "not measured" if cold10 is None else f"{cold10:.3f} s",
+        )
+    )
+    cold100 = at100k["cold"]["wall_s"] if at100k else None
+    out.append(
+        _target(
+            "collector 100k cold",
+            "<= 5 s median",
+            cold100,
+            None if cold100 is None else cold100 <= 5.0,
+            "not measured (full run only)" if cold100 is None else f"{cold100:.3f} s",
+        )
+    )
+    rss = max(at100k[m]["rss_mb"] for m in ("cold", "steady", "idle", "outage")) if at100k else None
+    out.append(
+        _target(
+            "collector peak RSS at 100k",
+            "<= 150 MB",
+            rss,
+            None if rss is None else rss <= 150,
+            "not measured (full run only)" if rss is None else f"{rss:.0f} MB",
+        )
+    )
+    ratio = None
+    if at10k and "legacy" in at10k:
+        ratio = at10k["legacy"]["wall_s"] / at10k["cold"]["wall_s"]
+    out.append(
+        _target(
+            "faster than legacy at 10k (cold)",
+            ">= 5x",
+            ratio,
+            None if ratio is None else ratio >= 5,
+            "not measured" if ratio is None else f"{ratio:.2f}x",
+        )
+    )
+    sizes = sorted(entry["peers"] for entry in results.get("collector", []))
+    slope = None
+    if len(sizes) >= 2:
+        a, b = _at(results, sizes[-2]), _at(results, sizes[-1])
+        assert a is not None and b is not None
+        slope = math.log(b["cold"]["wall_s"] / a["cold"]["wall_s"]) / math.log(
+            sizes[-1] / sizes[-2]
+        )
+    out.append(
+        _target(
+            "linear growth (cold, two largest sizes)",
+            "log-log slope <= 1.15",
+            slope,
+            None if slope is None else slope <= 1.15,
+            "not measured" if slope is None else f"slope {slope:.2f}",
+        )
+    )
+    idle_rows = [e["idle"]["devices_rows"] for e in results.get("collector", [])]
+    out.append(
+        _target(
+            "steady state writes only changed rows",
+            "0 devices rows when nothing changed",
+            max(idle_rows) if idle_rows else None,
+            None if not idle_rows else max(idle_rows) == 0,
+            "not measured" if not idle_rows else f"{max(idle_rows)} rows",
+        )
+    )
+    many = results.get("many_servers")
+    out.append(
+        _target(
+            "many servers, one database",
+            "no failure, no wrong write, counts right",
+            None,
+            None if many is None else many["ok"],
+            "not measured"
+            if many is None
+            else ("all checks held" if many["ok"] else f"{len(many['problems'])} problem(s)"),
+        )
+    )
+    race = results.get("first_run_race")
+    out.append(
+        _target(
+            "first run of every server at once, fresh database",
+            "no failure (migrations race)",
+            None,
+            None if race is None else race["ok"],
+            "not measured"
+            if race is None
+            else ("all checks held" if race["ok"] else _failed_runs(race["problems"])),
+        )
+    )
+    widget = results.get("widget")
+    api = widget["in_process"]["api_100"]["median_ms"] if widget else None
+    out.append(
+        _target(
+            "widget JSON, 100 ids, in-process",
+            "<= 5 ms median",
+            api,
+            None if api is None else api <= 5.0,
+            "not measured" if api is None else f"{api:.2f} ms",
+        )
+    )
+    for name, label in (("api_100", "widget JSON 100 ids"), ("bullet", "widget bullet")):
+        share = widget["gunicorn"][name]["share_of_hello"] if widget else None
+        out.append(
+            _target(
+                f"{label} under gunicorn",
+                ">= 70 % of hello-world req/s",
+                share,
+                None if share is None else share >= 0.70,
+                "not measured" if share is None else f"{share * 100:.0f} %",
+            )
+        )
+    return out
+
+
+def _failed_runs(problems: list[str]) -> str:
+    errors = sorted({m for p in problems for m in re.findall(r"MySQL error \d+", p)})
+    failed = sum(1 for p in problems if ": exit " in p)
+    return f"{failed} run(s) failed" + (f" ({', '.join(errors)})" if errors else "")
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def collector_table(results: dict[str, Any]) -> str:
+    head = (
+        "| peers | run | wall median s (min-max) | process s | CPU s | peak RSS MB "
+        "| SQL statements | devices rows | own rows | us/peer |\n"
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for entry in results.get("collector", []):
+        n = entry["peers"]
+        for mode in MODES:
+            if mode not in entry:
+                continue
+            m = entry[mode]
+            lines.append(
+                f"| {n:,} | {MODE_LABELS[mode]} ({m['runs']}x) | {m['wall_s']:.3f} "
+                f"({m['wall_min_s']:.3f}-{m['wall_max_s']:.3f}) | {m['process_wall_s']:.2f} "
+                f"| {m['cpu_s']:.2f} | {m['rss_mb']:.0f} | "
+                f"{'-' if m['statements'] is None else m['statements']} | "
+                f"{'-' if m['devices_rows'] is None else m['devices_rows']} | "
+                f"{'-' if m['own_rows'] is None else m['own_rows']} | "
+                f"{m['wall_s'] / n * 1e6:.1f} |"
+            )
+    return head + "\n".join(lines)
+
+
+def widget_table(results: dict[str, Any]) -> str:
+    widget = results.get("widget")
+    if not widget:
+        return ""
+    lines = [
+        "| request | in-process median ms | in-process p90 ms | gunicorn req/s "
+        "| gunicorn p99 ms | share of hello-world |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    names = {
+        "api_1": "JSON status, 1 id",
+        "api_100": "JSON status, 100 ids",
+        "api_500": "JSON status, 500 ids",
+        "bullet": "bullet.svg",
+        "hello": "bare Flask hello-world",
+    }
+    for key, label in names.items():
+        inp = widget["in_process"].get(key)
+        gun = widget["gunicorn"].get(key)
+        share = gun.get("share_of_hello") if gun else None
+        lines.append(
+            f"| {label} | {_fmt(inp and inp['median_ms'], 2)} | {_fmt(inp and inp['p90_ms'], 2)} "
+            f"| {_fmt(gun and gun['rps'], 0)} | {_fmt(gun and gun['p99_ms'], 1)} "
+            f"| {'-' if share is None else f'{share * 100:.0f} %'} |"
+        )
+    return "\n".join(lines)
+
+
+def many_table(results: dict[str, Any]) -> str:
+    many = results.get("many_servers")
+    if not many:
+        return ""
+    race = results.get("first_run_race")
+    lines = [
+        f"{many['servers']} servers, {many['devices_total']:,} devices, {many['cycles']} cycles "
+        f"(collectors started together): cycle wall median {many['cycle_wall_median_s']:.2f} s, "
+        f"transaction retries {many['transaction_retries']}, "
+        f"{'all checks held' if many['ok'] else 'PROBLEMS: ' + '; '.join(many['problems'])}",
+    ]
+    if race is not None:
+        first = race["problems"][0] if race["problems"] else ""
+        lines.append(
+            "\nfirst run of every server at once on a fresh (unmigrated) database: "
+            + (
+                "all checks held"
+                if race["ok"]
+                else f"{_failed_runs(race['problems'])}, e.g. {first[:240]}"
+            )
+        )
+    return "\n".join(lines)
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| target | goal | measured | result |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['goal']} | {t['shown']} | {t['status']} |" for t in rows]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> Optional[str]:
+    """Cost against peer count (wall time and peak RSS); None, or why there is no plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[dev]')"
+    entries = results.get("collector", [])
+    if not entries:
+        return "no collector results"
+    sizes = [e["peers"] for e in entries]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for mode in MODES:
+        points = [(e["peers"], e[mode]) for e in entries if mode in e]
+        if not points:
+            continue
+        left.plot(
+            [p for p, _ in points],
+            [m["wall_s"] for _, m in points],
+            marker="o",
+            color=MODE_COLORS[mode],
+            label=MODE_LABELS[mode],
+        )
+        if mode in ("cold", "legacy", "floor", "steady"):
+            right.plot(
+                [p for p, _ in points],
+                [m["rss_mb"] for _, m in points],
+                marker="o",
+                color=MODE_COLORS[mode],
+                label=MODE_LABELS[mode],
+            )
+    left.scatter([10_000, 100_000], [1.0, 5.0], marker="_", s=400, color="red", label="target")
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("SIP peers")
+    left.set_ylabel("wall time per cycle, s (median)")
+    left.set_title("Collector cycle vs legacy and raw AMI floor")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    right.axhline(150, color="red", linestyle="--", label="target at 100k")
+    right.set_ylim(0, 175)
+    right.set_xscale("log")
+    right.set_xlabel("SIP peers")
+    right.set_ylabel("peak RSS of the process, MB")
+    right.set_title("Memory")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize=8)
+    right.set_xticks(sizes)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None

@@ -1,0 +1,84 @@
+"""The benchmark runs end to end at tiny sizes and reports every figure (no timing asserted)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+# bench/ is not an installed package: import it from the checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.__main__ import main  # noqa: E402
+from bench.report import MODES  # noqa: E402
+
+pytestmark = pytest.mark.mariadb
+
+TINY = [
+    "--sizes", "200,400",
+    "--runs", "1",
+    "--legacy-runs", "1",
+    "--many-servers", "2",
+    "--many-devices", "30",
+    "--many-cycles", "2",
+    "--widget-devices", "600",
+    "--widget-iterations", "3",
+    "--widget-seconds", "1",
+    "--no-profile",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bench_run(mariadb: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("bench")
+    capture = out / "stdout.txt"
+    with capture.open("w") as stream, contextlib.redirect_stdout(stream):
+        assert main([*TINY, "--out", str(out)]) == 0
+    return out, capture.read_text()
+
+
+def test_every_collector_figure_is_reported_for_every_size(
+    bench_run: tuple[Path, str],
+) -> None:
+    results = json.loads((bench_run[0] / "latest.json").read_text())
+    assert [entry["peers"] for entry in results["collector"]] == [200, 400]
+    for entry in results["collector"]:
+        for mode in MODES:
+            figures = entry[mode]
+            for key in ("wall_s", "process_wall_s", "cpu_s", "rss_mb"):
+                assert figures[key] > 0, (entry["peers"], mode, key)
+            if mode != "floor":
+                assert figures["statements"] > 0, (entry["peers"], mode)
+                assert figures["devices_rows"] is not None
+        assert entry["cold"]["devices_rows"] == entry["peers"]
+        assert entry["idle"]["devices_rows"] == 0
+
+
+def test_many_servers_and_widget_figures_are_reported(
+    bench_run: tuple[Path, str],
+) -> None:
+    results = json.loads((bench_run[0] / "latest.json").read_text())
+    assert results["many_servers"]["ok"], results["many_servers"]["problems"]
+    assert len(results["many_servers"]["cycle_wall_s"]) == 2
+    assert "ok" in results["first_run_race"]
+    widget = results["widget"]
+    for name in ("api_1", "api_100", "api_500", "bullet"):
+        assert widget["in_process"][name]["median_ms"] > 0
+    for name in ("hello", "api_100", "bullet"):
+        assert widget["gunicorn"][name]["rps"] > 0
+        assert widget["gunicorn"][name]["p99_ms"] is not None
+        assert widget["gunicorn"][name]["errors"] == 0
+
+
+def test_targets_table_and_plot_are_written(bench_run: tuple[Path, str]) -> None:
+    out, printed = bench_run
+    results = json.loads((out / "latest.json").read_text())
+    statuses = {t["target"]: t["status"] for t in results["targets"]}
+    assert len(statuses) == 11
+    assert set(statuses.values()) <= {"pass", "FAIL", "n/a"}
+    assert statuses["collector 100k cold"] == "n/a"
+    assert (out / "collector.png").read_bytes().startswith(b"\x89PNG")
+    for heading in ("## Collector cycle", "## Many servers", "## Widget", "## Targets"):
+        assert heading in printed
