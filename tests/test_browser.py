@@ -155,6 +155,40 @@ def fill(db: MorDatabase) -> None:
             )
         )
         conn.execute(
+            schema.history.insert(),
+            [
+                {
+                    "device_id": 1,
+                    "server_id": 1,
+                    "at": NOW - timedelta(hours=hours),
+                    "from_status": old,
+                    "to_status": new,
+                    "reg_status": reg,
+                    "latency_ms": ms,
+                    "source": "poll",
+                }
+                for hours, old, new, reg, ms in (
+                    (8, "ok", "unreachable", "UNREACHABLE", None),
+                    (6, "unreachable", "ok", "OK (30 ms)", 30),
+                )
+            ],
+        )
+        hour = NOW.replace(minute=0, second=0)
+        conn.execute(
+            schema.latency.insert(),
+            [
+                {
+                    "device_id": 1,
+                    "hour": hour - timedelta(hours=h),
+                    "samples": " ".join(
+                        f"{s}:{20 + (s // 300 + h) % 9}" for s in range(0, 3600, 300)
+                    ),
+                }
+                for h in range(0, 24)
+                if h not in (6, 7)
+            ],
+        )
+        conn.execute(
             schema.server_state.insert().values(
                 server_id=1,
                 last_run=NOW,
@@ -255,6 +289,11 @@ def test_device_edit_page_shows_the_status_iframe(
     assert frame.locator(".status").is_visible()
     _, _, pixels = png_pixels(frame.locator("svg.bullet").screenshot())
     assert close_to(pixels[9][9], DEVICES[1][2])
+    # the 24 h strip: green now, red 8 to 6 hours ago; the latency sparkline under it
+    width, _, strip = png_pixels(frame.locator("svg.strip").screenshot())
+    assert close_to(strip[7][width - 4], DEVICES[1][2])
+    assert close_to(strip[7][int(width * 17 / 24)], DEVICES[3][2])
+    assert frame.locator("svg.sparkline polyline").count() == 2
     save(page.screenshot(full_page=True), artifacts_dir, "device_edit.png", docs=True)
 
 

@@ -19,6 +19,7 @@ def test_demo_pages_embed_the_signed_widget_with_collected_data(tmp_path: Path) 
     with run_in_thread(sim):
         conf = demo.write_mor_conf(tmp_path, db_url, sim.port, "demo", "pw")
         assert demo.run_collector(conf) == 0
+    demo.seed_history(db_url)
     client = demo.demo_app(db_url, secrets.token_hex(8)).test_client()
 
     listing = client.get("/billing/devices/devices_all").get_data(as_text=True)
@@ -42,3 +43,13 @@ def test_demo_pages_embed_the_signed_widget_with_collected_data(tmp_path: Path) 
         if device_id == 21:
             assert "although assigned to server 2" in body
     assert kinds == {"ok", "lagged", "unreachable", "unknown", "unmonitored", "none"}
+
+    # the seeded past day: a red hour and a yellow spell in the strip, latency samples
+    page = client.get("/billing/devices/device_edit/1").get_data(as_text=True)
+    src = re.search(r'<iframe class="regstatus" src="([^"]+)"', page)
+    assert src
+    body = client.get(html.unescape(src.group(1))).get_data(as_text=True)
+    assert 'class="block block-unreachable"' in body and 'class="block block-lagged"' in body
+    assert '<svg class="sparkline"' in body
+    servers = re.search(r'<a href="(/mor-status/servers\?[^"]+)">Servers</a>', page)
+    assert servers and client.get(html.unescape(servers.group(1))).status_code == 200

@@ -29,8 +29,11 @@ __all__ = ["ConfigError", "create_app"]
 
 log = logging.getLogger(__name__)
 
-#: endpoints anyone may fetch without a signature (no device data in them)
-UNSIGNED_ENDPOINTS = frozenset({"widget.healthz", "widget.embed_js", "static"})
+#: endpoints anyone may fetch without a signature (no device data in them);
+#: /metrics has aggregates only and is limited to MOR_WIDGET_METRICS_ALLOW instead
+UNSIGNED_ENDPOINTS = frozenset(
+    {"widget.healthz", "widget.embed_js", "static", "widget.metrics_page"}
+)
 _UNAVAILABLE = "The status database is not answering; the status will be back when it is."
 
 
@@ -113,7 +116,7 @@ def _security_headers(response: Response) -> Response:
 def _error_response(status: int, title: str, message: str) -> Response:
     if request.path.startswith("/api/"):
         response = jsonify(error=message)
-    elif request.path == "/healthz":
+    elif request.path in ("/healthz", "/metrics"):
         response = Response(f"{message}\n", mimetype="text/plain")
     elif request.path.endswith(".svg"):
         # an <img> still shows something, and its tooltip says why

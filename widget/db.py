@@ -4,6 +4,9 @@ One statement per request on the hot paths (JSON status, bullets), built once
 with SQLAlchemy Core so the compiled form is cached. The collector creates its
 own tables on its first run; until then they are missing and every query
 falls back to a variant without them (re-checked every ``RECHECK_MISSING`` s).
+Schema 2 (history, latency samples, flapping, listener state) is a second tier:
+a collector not yet upgraded leaves it missing, and only the pages that need it
+fall back (the status bullets never read it).
 """
 
 from __future__ import annotations
@@ -11,29 +14,60 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional, TypeVar
 
-from sqlalchemy import bindparam, case, create_engine, func, literal, null, select, text
+from sqlalchemy import (
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    false,
+    func,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from mor_plugin import schema
-from mor_plugin.status import KINDS, SEEN_KINDS, kind_of, latency_ms
+from mor_plugin.status import (
+    KINDS,
+    LAGGED,
+    NONE,
+    OK,
+    SEEN_KINDS,
+    UNKNOWN,
+    UNMONITORED,
+    UNREACHABLE,
+    kind_of,
+    latency_ms,
+)
 
 log = logging.getLogger(__name__)
 
 RECHECK_MISSING = 30.0
 POOL_RECYCLE = 1800  # below MySQL's default wait_timeout of 8 h, and below most proxies'
-MISSING_TABLE_CODES = (1146,)  # MySQL/MariaDB ER_NO_SUCH_TABLE
+# MySQL/MariaDB ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR (a schema-2 column not yet added)
+MISSING_TABLE_CODES = (1146, 1054)
+#: the tiers of the collector's tables a query may need
+OWN = "own"  # schema 1: device state, server runs, wrong-server sightings
+HISTORY = "history"  # schema 2: history, latency samples, flapping, listener state
 
 _d = schema.devices
 _srv = schema.servers
 _st = schema.device_state
 _run = schema.server_state
 _ws = schema.wrong_server
+_hist = schema.history
+_lat = schema.latency
 
 _DEVICE_COLUMNS = (
     _d.c.id,
@@ -116,8 +150,23 @@ USER_COUNTS_ONLY = (
     .group_by(_d.c.reg_status)
 )
 
+#: the columns of mor_regstatus_servers in schema 1 (later ones may be missing)
+_RUN_V1_COLUMNS = tuple(
+    _run.c[name]
+    for name in (
+        "last_run",
+        "last_success",
+        "result",
+        "duration_ms",
+        "peers",
+        "changed",
+        *schema.COUNT_COLUMNS.values(),
+        "n_wrong_server",
+        "asterisk_version",
+    )
+)
 SERVER_WITH_STATE = (
-    select(_srv.c.id, _srv.c.hostname, *(c for c in _run.c if c.name != "server_id"))
+    select(_srv.c.id, _srv.c.hostname, *_RUN_V1_COLUMNS)
     .select_from(_srv.outerjoin(_run, _run.c.server_id == _srv.c.id))
     .where(_srv.c.id == bindparam("server_id"))
 )
@@ -129,6 +178,130 @@ SERVER_LIVE_COUNTS = (
     .where((_d.c.server_id == bindparam("server_id")) & (_d.c.device_type == "SIP"))
     .group_by(_d.c.reg_status)
 )
+
+
+# --- schema 2: history of one device ---------------------------------------------
+
+_TRANSITION_COLUMNS = (
+    _hist.c.at,
+    _hist.c.from_status,
+    _hist.c.to_status,
+    _hist.c.reg_status,
+    _hist.c.latency_ms,
+    _hist.c.source,
+)
+_of_device = _hist.c.device_id == bindparam("device_id")
+TRANSITIONS_IN_WINDOW = (
+    select(*_TRANSITION_COLUMNS)
+    .where(_of_device & _hist.c.at.between(bindparam("start"), bindparam("end")))
+    .order_by(_hist.c.at, _hist.c.id)
+)
+#: the last change before the window: the colour the window starts with
+TRANSITION_BEFORE = (
+    select(*_TRANSITION_COLUMNS)
+    .where(_of_device & (_hist.c.at < bindparam("start")))
+    .order_by(_hist.c.at.desc(), _hist.c.id.desc())
+    .limit(1)
+)
+LATENCY_IN_WINDOW = (
+    select(_lat.c.hour, _lat.c.samples)
+    .where(
+        (_lat.c.device_id == bindparam("device_id"))
+        & _lat.c.hour.between(bindparam("first_hour"), bindparam("end"))
+    )
+    .order_by(_lat.c.hour)
+)
+FLAPPING = select(_st.c.flapping, _st.c.flapping_since).where(
+    _st.c.device_id == bindparam("device_id")
+)
+
+# --- the fleet: every Asterisk server ----------------------------------------------
+
+LISTENER_COLUMNS = ("listener_connected", "listener_seen", "listener_since")
+_flapping_per_server = (
+    select(_st.c.server_id, func.count().label("n_flapping"))
+    .where(_st.c.flapping == true())
+    .group_by(_st.c.server_id)
+    .subquery("flapping_per_server")
+)
+_SERVER_COLUMNS = (_srv.c.id, _srv.c.hostname, _srv.c.server_ip)
+FLEET_WITH_HISTORY = (
+    select(
+        *_SERVER_COLUMNS,
+        *_RUN_V1_COLUMNS,
+        *(_run.c[name] for name in LISTENER_COLUMNS),
+        func.coalesce(_flapping_per_server.c.n_flapping, 0).label("n_flapping"),
+    )
+    .select_from(
+        _srv.outerjoin(_run, _run.c.server_id == _srv.c.id).outerjoin(
+            _flapping_per_server, _flapping_per_server.c.server_id == _srv.c.id
+        )
+    )
+    .order_by(_srv.c.id)
+)
+FLEET_WITH_STATE = (
+    select(
+        *_SERVER_COLUMNS,
+        *_RUN_V1_COLUMNS,
+        *(null().label(name) for name in LISTENER_COLUMNS),
+        null().label("n_flapping"),
+    )
+    .select_from(_srv.outerjoin(_run, _run.c.server_id == _srv.c.id))
+    .order_by(_srv.c.id)
+)
+FLEET_ONLY = select(
+    *_SERVER_COLUMNS,
+    *(null().label(c.name) for c in _RUN_V1_COLUMNS),
+    *(null().label(name) for name in LISTENER_COLUMNS),
+    null().label("n_flapping"),
+).order_by(_srv.c.id)
+#: counts of servers whose collector never ran, from what ``devices`` says now
+LIVE_COUNTS_OF_SERVERS = (
+    select(_d.c.server_id, _d.c.reg_status, func.count().label("n"))
+    .where(
+        _d.c.server_id.in_(bindparam("server_ids", expanding=True)) & (_d.c.device_type == "SIP")
+    )
+    .group_by(_d.c.server_id, _d.c.reg_status)
+)
+
+# --- one server's devices, by status ------------------------------------------------
+
+#: device-list filters beyond the six kinds
+FLAPPING_FILTER = "flapping"
+WRONG_SERVER_FILTER = "wrong_server"
+DEVICE_FILTERS = (*KINDS, FLAPPING_FILTER, WRONG_SERVER_FILTER)
+
+
+def kind_condition(kind: str) -> Any:
+    """SQL for ``kind_of(devices.reg_status) == kind`` (MOR's prefix rules).
+
+    MySQL compares case-insensitively under its default collations; the
+    collector writes Asterisk's exact strings, so this only matters for rows
+    some other tool wrote in another case.
+    """
+    rs = _d.c.reg_status
+    rules = {
+        OK: rs.like("OK%"),
+        LAGGED: rs.like("LAGGED%"),
+        UNREACHABLE: rs == "UNREACHABLE",
+        UNKNOWN: rs == "UNKNOWN",
+        UNMONITORED: rs == "Unmonitored",
+    }
+    if kind == NONE:
+        return or_(rs.is_(None), not_(or_(*rules.values())))
+    return rules[kind]
+
+
+_LIST_COLUMNS = (
+    _d.c.id,
+    _d.c.name,
+    _d.c.description,
+    _d.c.user_id,
+    _d.c.server_id,
+    _d.c.reg_status,
+)
+_on_server = (_d.c.server_id == bindparam("server_id")) & (_d.c.device_type == "SIP")
+SERVER_EXISTS = select(_srv.c.id).where(_srv.c.id == bindparam("server_id"))
 
 
 def utcnow() -> datetime:
@@ -242,6 +415,163 @@ def count_kinds(rows: Iterable[tuple[Optional[str], int]]) -> dict[str, int]:
     return counts
 
 
+@dataclass(frozen=True)
+class Transition:
+    """One change of a device's bullet, as the collector logged it."""
+
+    at: datetime
+    from_status: str
+    to_status: str
+    reg_status: Optional[str]
+    latency_ms: Optional[int]
+    source: str
+
+
+@dataclass(frozen=True)
+class History:
+    """A device's changes and latency samples in ``[start, end]``."""
+
+    start: datetime
+    end: datetime
+    #: the last change before ``start`` (None: none logged)
+    before: Optional[Transition]
+    transitions: list[Transition]
+    latency: list[tuple[datetime, int]]
+    flapping: bool
+    flapping_since: Optional[datetime]
+    #: False while the collector has not created the history tables
+    available: bool = True
+
+
+def parse_samples(hour: datetime, samples: str) -> Iterator[tuple[datetime, int]]:
+    """``"0:23 60:25"`` of the hour starting at ``hour``; malformed pairs are skipped."""
+    for pair in samples.split():
+        offset, sep, ms = pair.partition(":")
+        if sep and offset.isdigit() and ms.isdigit() and len(offset) <= 5 and len(ms) <= 9:
+            yield hour + timedelta(seconds=int(offset)), int(ms)
+
+
+@dataclass(frozen=True)
+class FleetServer:
+    """One Asterisk server: its collector's last run, counts, listener."""
+
+    server_id: int
+    hostname: Optional[str]
+    server_ip: Optional[str]
+    last_run: Optional[datetime]
+    last_success: Optional[datetime]
+    result: Optional[str]
+    duration_ms: Optional[int]
+    asterisk_version: Optional[str]
+    counts: dict[str, int]
+    wrong_server: Optional[int]
+    #: None while the history tables are missing
+    flapping: Optional[int]
+    listener_connected: Optional[bool]
+    listener_seen: Optional[datetime]
+    listener_since: Optional[datetime]
+
+
+@dataclass(frozen=True)
+class ListedDevice:
+    """A row of a server's device list."""
+
+    id: int
+    name: str
+    description: Optional[str]
+    user_id: int
+    server_id: int
+    reg_status: Optional[str]
+    kind: str
+    since: Optional[datetime]
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    total: int
+    devices: list[ListedDevice]
+
+
+def fleet_server(
+    row: Mapping[Any, Any], live: Optional[list[tuple[Optional[str], int]]]
+) -> FleetServer:
+    """A fleet row; counts as of the last run, or from ``devices`` before the first one."""
+    if live is None:
+        counts = {kind: int(row[column] or 0) for kind, column in schema.COUNT_COLUMNS.items()}
+    else:
+        counts = count_kinds(live)
+    connected = row["listener_connected"]
+    return FleetServer(
+        server_id=row["id"],
+        hostname=row["hostname"],
+        server_ip=row["server_ip"],
+        last_run=row["last_run"],
+        last_success=row["last_success"],
+        result=row["result"],
+        duration_ms=row["duration_ms"],
+        asterisk_version=row["asterisk_version"],
+        counts=counts,
+        wrong_server=row["n_wrong_server"],
+        flapping=None if row["n_flapping"] is None else int(row["n_flapping"]),
+        listener_connected=None if connected is None else bool(connected),
+        listener_seen=row["listener_seen"],
+        listener_since=row["listener_since"],
+    )
+
+
+def device_list_statements(status: Optional[str], tier: Optional[str]) -> tuple[Any, Any]:
+    """(rows, count) statements for a server's device list with the tables of ``tier``."""
+    if status == WRONG_SERVER_FILTER:
+        # registered on this server, assigned to another: as seen here
+        columns: tuple[Any, ...] = (
+            *(c for c in _LIST_COLUMNS if c.name != "reg_status"),
+            _ws.c.reg_status,
+            _ws.c.first_seen.label("since"),
+            literal(None).label("state_status"),
+        )
+        source: Any = _d.join(_ws, _ws.c.device_id == _d.c.id)
+        where: Any = (_ws.c.seen_on_server_id == bindparam("server_id")) & (
+            _d.c.device_type == "SIP"
+        )
+        if tier is None:
+            where = false()
+            source = _d
+            columns = (*_LIST_COLUMNS, null().label("since"), null().label("state_status"))
+    else:
+        where = _on_server
+        if status in KINDS:
+            where = and_(where, kind_condition(status))
+        if tier is None:
+            source = _d
+            columns = (*_LIST_COLUMNS, null().label("since"), null().label("state_status"))
+            if status == FLAPPING_FILTER:
+                where = false()
+        else:
+            source = _d.outerjoin(_st, _st.c.device_id == _d.c.id)
+            columns = (*_LIST_COLUMNS, _st.c.since, _st.c.status.label("state_status"))
+            if status == FLAPPING_FILTER:
+                where = and_(where, _st.c.flapping == true()) if tier == HISTORY else false()
+    rows = select(*columns).select_from(source).where(where).order_by(_d.c.id)
+    count = select(func.count()).select_from(source).where(where)
+    return rows, count
+
+
+def listed_device(row: Mapping[Any, Any]) -> ListedDevice:
+    kind = kind_of(row["reg_status"])
+    state_status = row["state_status"]
+    return ListedDevice(
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        user_id=row["user_id"],
+        server_id=row["server_id"],
+        reg_status=row["reg_status"],
+        kind=kind,
+        # "since" belongs to the colour the collector recorded (see device_status)
+        since=row["since"] if state_status is None or state_status == kind else None,
+    )
+
+
 T = TypeVar("T")
 
 
@@ -249,7 +579,8 @@ def _is_missing_table(error: DBAPIError) -> bool:
     args = getattr(error.orig, "args", ())
     if args and args[0] in MISSING_TABLE_CODES:
         return True
-    return "no such table" in str(error.orig)
+    message = str(error.orig)
+    return "no such table" in message or "no such column" in message
 
 
 class Database:
@@ -261,7 +592,8 @@ class Database:
         self._read_timeout = read_timeout
         self._engine: Optional[Engine] = None
         self._lock = threading.Lock()
-        self._own_missing_since: Optional[float] = None
+        #: tier (OWN, HISTORY) -> when a query found its tables missing (monotonic)
+        self._missing_since: dict[str, float] = {}
 
     @property
     def engine(self) -> Engine:
@@ -288,26 +620,41 @@ class Database:
         if self._engine is not None:
             self._engine.dispose()
 
+    def _first_available(self, *variants: tuple[Optional[str], Callable[[Connection], T]]) -> T:
+        """The first variant whose tables exist; each names the tier it needs (None: MOR's only).
+
+        A tier found missing is skipped for ``RECHECK_MISSING`` s, then tried again.
+        """
+        for tier, query in variants:
+            if tier is not None:
+                missing_since = self._missing_since.get(tier)
+                if missing_since is not None and (
+                    time.monotonic() - missing_since < RECHECK_MISSING
+                ):
+                    continue
+            try:
+                with self.engine.connect() as conn:
+                    result = query(conn)
+            except DBAPIError as error:
+                if tier is None or not _is_missing_table(error):
+                    raise
+                if tier not in self._missing_since:
+                    log.warning(
+                        "the collector's %s tables are missing (has it run yet?): %s",
+                        tier,
+                        str(error.orig).splitlines()[0],
+                    )
+                self._missing_since[tier] = time.monotonic()
+                continue
+            if tier is not None:
+                self._missing_since.pop(tier, None)
+            return result
+        raise LookupError("every query variant needs tables that are missing")
+
     def _with_own_tables(
         self, with_state: Callable[[Connection], T], without: Callable[[Connection], T]
     ) -> T:
-        missing_since = self._own_missing_since
-        if missing_since is not None and time.monotonic() - missing_since < RECHECK_MISSING:
-            with self.engine.connect() as conn:
-                return without(conn)
-        try:
-            with self.engine.connect() as conn:
-                result = with_state(conn)
-        except DBAPIError as error:
-            if not _is_missing_table(error):
-                raise
-            if missing_since is None:
-                log.warning("the collector's tables are missing (has it run yet?): %s", error.orig)
-            self._own_missing_since = time.monotonic()
-            with self.engine.connect() as conn:
-                return without(conn)
-        self._own_missing_since = None
-        return result
+        return self._first_available((OWN, with_state), (None, without))
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -378,3 +725,75 @@ class Database:
             return query
 
         return self._with_own_tables(run(SERVER_WITH_STATE), run(SERVER_ONLY))
+
+    def history(self, device_id: int, start: datetime, end: datetime) -> History:
+        """Changes and latency samples of one device between ``start`` and ``end``."""
+        window = {"device_id": device_id, "start": start, "end": end}
+
+        def query(conn: Connection) -> History:
+            before = conn.execute(TRANSITION_BEFORE, window).first()
+            rows = conn.execute(TRANSITIONS_IN_WINDOW, window).all()
+            first_hour = start.replace(minute=0, second=0, microsecond=0)
+            latency = [
+                (at, ms)
+                for row in conn.execute(LATENCY_IN_WINDOW, {**window, "first_hour": first_hour})
+                for at, ms in parse_samples(row.hour, row.samples)
+                if start <= at <= end
+            ]
+            latency.sort()
+            flap = conn.execute(FLAPPING, window).first()
+            return History(
+                start=start,
+                end=end,
+                before=Transition(*before) if before is not None else None,
+                transitions=[Transition(*row) for row in rows],
+                latency=latency,
+                flapping=bool(flap and flap.flapping),
+                flapping_since=flap.flapping_since if flap and flap.flapping else None,
+            )
+
+        def empty(conn: Connection) -> History:
+            return History(start, end, None, [], [], False, None, available=False)
+
+        return self._first_available((HISTORY, query), (None, empty))
+
+    def fleet(self) -> list[FleetServer]:
+        """Every server in MOR's ``servers``, with its collector's state, by id."""
+
+        def run(statement: Any) -> Callable[[Connection], list[FleetServer]]:
+            def query(conn: Connection) -> list[FleetServer]:
+                rows = conn.execute(statement).mappings().all()
+                never = [row["id"] for row in rows if row["last_run"] is None]
+                live: dict[int, list[tuple[Optional[str], int]]] = {sid: [] for sid in never}
+                if never:
+                    for r in conn.execute(LIVE_COUNTS_OF_SERVERS, {"server_ids": never}):
+                        live[r.server_id].append((r.reg_status, r.n))
+                return [fleet_server(row, live.get(row["id"])) for row in rows]
+
+            return query
+
+        return self._first_available(
+            (HISTORY, run(FLEET_WITH_HISTORY)),
+            (OWN, run(FLEET_WITH_STATE)),
+            (None, run(FLEET_ONLY)),
+        )
+
+    def server_devices(
+        self, server_id: int, status: Optional[str], offset: int, limit: int
+    ) -> Optional[DevicePage]:
+        """A page of a server's SIP devices, optionally of one kind (or flapping, or
+        registered here though assigned elsewhere); None for an unknown server."""
+
+        def run(tier: Optional[str]) -> Callable[[Connection], Optional[DevicePage]]:
+            def query(conn: Connection) -> Optional[DevicePage]:
+                if conn.execute(SERVER_EXISTS, {"server_id": server_id}).first() is None:
+                    return None
+                rows_q, count_q = device_list_statements(status, tier)
+                params = {"server_id": server_id}
+                total = int(conn.execute(count_q, params).scalar_one())
+                rows = conn.execute(rows_q.limit(limit).offset(offset), params).mappings()
+                return DevicePage(total=total, devices=[listed_device(row) for row in rows])
+
+            return query
+
+        return self._first_available((HISTORY, run(HISTORY)), (OWN, run(OWN)), (None, run(None)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import secrets
 import signal
 import sys
@@ -20,11 +21,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 from flask import Flask, abort, redirect, render_template, request, url_for
 from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import make_server
 
@@ -183,6 +186,69 @@ def seed_database(db_url: str, peers: Sequence[Any]) -> None:
     engine.dispose()
 
 
+#: (hours ago, from, to) of the past day shown on the first devices before the collector
+#: has a history of its own: a red hour, a yellow spell, a short blip
+DEMO_CHANGES = (
+    (20.0, "ok", "unreachable"),
+    (19.0, "unreachable", "ok"),
+    (9.0, "ok", "lagged"),
+    (8.2, "lagged", "ok"),
+    (3.05, "ok", "unreachable"),
+    (3.0, "unreachable", "ok"),
+)
+
+
+def seed_history(db_url: str, devices: int = 5, now: Optional[datetime] = None) -> None:
+    """A past day of changes and latency samples for the first few devices that are OK now
+    (hours before this one), so the status strip and sparkline show something at once."""
+    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    engine = create_engine(db_url)
+    d = schema.devices
+    with engine.connect() as conn:
+        device_ids = list(
+            conn.execute(
+                select(d.c.id).where(d.c.reg_status.like("OK%")).order_by(d.c.id).limit(devices)
+            ).scalars()
+        )
+    this_hour = now.replace(minute=0, second=0, microsecond=0)
+    rng = random.Random(7)  # noqa: S311 (demo data)
+    changes, samples = [], []
+    for device_id in device_ids:
+        for hours_ago, old, new in DEMO_CHANGES:
+            at = this_hour - timedelta(hours=hours_ago)
+            timed = new in ("ok", "lagged")
+            ms = (2300 if new == "lagged" else 20 + device_id) if timed else None
+            changes.append(
+                {
+                    "device_id": device_id,
+                    "server_id": 1,
+                    "at": at,
+                    "from_status": old,
+                    "to_status": new,
+                    "reg_status": f"{'OK' if new == 'ok' else 'LAGGED'} ({ms} ms)"
+                    if timed
+                    else new.upper(),
+                    "latency_ms": ms,
+                    "source": "poll",
+                }
+            )
+        for hours_ago in range(24, 0, -1):
+            hour = this_hour - timedelta(hours=hours_ago)
+            if 19 <= hours_ago < 20:
+                continue  # unreachable: no answers, no samples
+            base = 400 if 8 < hours_ago <= 9 else 20 + device_id
+            pairs = [f"{s}:{base + rng.randint(0, 15)}" for s in range(0, 3600, 300)]
+            samples.append({"device_id": device_id, "hour": hour, "samples": " ".join(pairs)})
+    try:
+        with engine.begin() as conn:
+            conn.execute(schema.history.insert(), changes)
+            conn.execute(schema.latency.insert(), samples)
+    except SQLAlchemyError as error:  # a collector without history tables: nothing to show
+        log.warning("no demo history: %s", str(error).splitlines()[0])
+    finally:
+        engine.dispose()
+
+
 def write_mor_conf(data_dir: Path, db_url: str, ami_port: int, username: str, secret: str) -> Path:
     conf = data_dir / "mor.conf"
     conf.write_text(
@@ -301,6 +367,7 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         code = run_collector(conf)  # a first run so the pages have data at once
         if code:
             print(f"the first collector run failed ({code}); see {data_dir}", file=sys.stderr)
+        seed_history(db_url)
         mor = demo_app(db_url, widget_secret, stale_after=max(60, int(args.interval * 6)))
         server = make_server(args.host, args.port, mor, threaded=True)
         base = f"http://{args.host}:{server.server_port}"
@@ -309,6 +376,7 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
             f"  device list:  {base}/billing/devices/devices_all\n"
             f"  one user:     {base}/billing/devices/show_devices/2\n"
             f"  device edit:  {base}/billing/devices/device_edit/1\n"
+            f"  servers:      linked from every page's top bar\n"
             f"  widget:       {base}{WIDGET_PREFIX}/healthz\n"
             "Ctrl-C stops everything.\n",
             flush=True,

@@ -8,6 +8,7 @@ The file is parsed, never executed, so a read-only secret file is all it takes.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     # seconds a dead database may take to refuse before the request answers 503
     "MOR_WIDGET_DB_CONNECT_TIMEOUT": 3,
     "MOR_WIDGET_DB_READ_TIMEOUT": 5,
+    # client addresses or networks that may read /metrics (Prometheus cannot sign links)
+    "MOR_WIDGET_METRICS_ALLOW": "127.0.0.1 ::1",
 }
 KEYS = tuple(DEFAULTS)
 _INTEGER_KEYS = (
@@ -109,7 +112,26 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{key} must be at least 1 second")
     values["MOR_WIDGET_SECRET"] = values.get("MOR_WIDGET_SECRET") or None
     values["MOR_WIDGET_FRAME_ANCESTORS"] = frame_ancestors(values.get("MOR_WIDGET_FRAME_ANCESTORS"))
+    values["MOR_WIDGET_METRICS_ALLOW"] = metrics_allow(values.get("MOR_WIDGET_METRICS_ALLOW"))
     return values
+
+
+def metrics_allow(raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The clients allowed to read ``/metrics``: addresses or CIDR networks, space-separated.
+
+    Empty means nobody (``/metrics`` then always answers 403).
+    """
+    items = raw.split() if isinstance(raw, str) else list(raw or ())
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"MOR_WIDGET_METRICS_ALLOW: {item!r} is not an IP address or network "
+                "like 10.0.0.0/24"
+            ) from None
+    return tuple(networks)
 
 
 def frame_ancestors(raw: Any) -> tuple[str, ...]:

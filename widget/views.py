@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from markupsafe import Markup
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import bullets
-from .db import Database, DeviceStatus, is_stale, utcnow
+from mor_plugin.status import KINDS
+
+from . import bullets, charts, metrics, signing
+from .db import (
+    DEVICE_FILTERS,
+    FLAPPING_FILTER,
+    WRONG_SERVER_FILTER,
+    Database,
+    DeviceStatus,
+    History,
+    is_stale,
+    utcnow,
+)
 from .timefmt import duration, iso
 
 log = logging.getLogger(__name__)
@@ -21,6 +34,14 @@ bp = Blueprint("widget", __name__)
 MAX_IDS = 500
 _ID = re.compile(r"^[0-9]{1,10}$")
 BULLET_MAX_AGE = 10
+#: the device page's strip and sparkline cover this many hours
+STRIP_HOURS = 24
+MAX_HISTORY_HOURS = 168
+#: device list paging
+PER_PAGE = 100
+MAX_PER_PAGE = 500
+#: how long links made by a page stay valid when the page itself carries no ``exp``
+LINK_LIFETIME = 3600
 
 
 def get_db() -> Database:
@@ -73,7 +94,9 @@ def stale_seconds(device: DeviceStatus, now: datetime) -> Optional[float]:
 def device_status_page(device_id: str) -> Any:
     device = one_device(device_id)
     now = utcnow()
-    sightings = get_db().wrong_server(device.id)
+    db = get_db()
+    sightings = db.wrong_server(device.id)
+    history = db.history(device.id, now - timedelta(hours=STRIP_HOURS), now)
     return render_template(
         "status.html",
         device=device,
@@ -84,7 +107,26 @@ def device_status_page(device_id: str) -> Any:
         label=bullets.LABELS[device.kind],
         explanation=bullets.EXPLANATIONS[device.kind],
         refresh=current_app.config["MOR_WIDGET_REFRESH"],
+        since=device.since or last_change_to(history, device.kind),
+        history=history,
+        strip_hours=STRIP_HOURS,
+        strip=charts.strip(history, device.kind, device.since) if history.available else None,
+        sparkline=charts.sparkline(history),
+        latency_range=latency_range(history),
     )
+
+
+def last_change_to(history: History, kind: str) -> Optional[datetime]:
+    """When the device last turned ``kind``, if the history says so."""
+    changes = history.transitions or ([history.before] if history.before else [])
+    if changes and changes[-1].to_status == kind:
+        return changes[-1].at
+    return None
+
+
+def latency_range(history: History) -> Optional[tuple[int, int]]:
+    values = [ms for _, ms in history.latency]
+    return (min(values), max(values)) if values else None
 
 
 @bp.get("/devices/<device_id>/bullet.svg")
@@ -173,6 +215,132 @@ def api_server_summary(server_id: str) -> Any:
         wrong_server=summary.wrong_server,
         counts=summary.counts,
     )
+
+
+def parse_positive(name: str, default: int, highest: int) -> int:
+    """An integer query parameter in ``1..highest``, or 400."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not _ID.match(raw) or not 1 <= int(raw) <= highest:
+        abort(400, f"{name} must be a whole number from 1 to {highest}, not {raw[:40]!r}")
+    return int(raw)
+
+
+@bp.get("/api/v1/devices/<device_id>/history")
+def api_device_history(device_id: str) -> Any:
+    hours = parse_positive("hours", STRIP_HOURS, MAX_HISTORY_HOURS)
+    device = one_device(device_id)
+    end = utcnow()
+    history = get_db().history(device.id, end - timedelta(hours=hours), end)
+    return jsonify(
+        device_id=device.id,
+        **{"from": iso(history.start), "to": iso(history.end)},
+        transitions=[
+            {
+                "at": iso(t.at),
+                "from": t.from_status,
+                "to": t.to_status,
+                "reg_status": t.reg_status,
+                "latency_ms": t.latency_ms,
+                "source": t.source,
+            }
+            for t in history.transitions
+        ],
+        latency=[{"at": iso(at), "ms": ms} for at, ms in history.latency],
+    )
+
+
+# ---------------------------------------------------------------- the fleet
+
+
+def link(path: str) -> str:
+    """A link to another widget page, signed when the widget has a secret.
+
+    It expires with the link of the page it is on (or in ``LINK_LIFETIME`` s),
+    and carries the proxy's prefix, which the signature does not cover.
+    """
+    secret = current_app.config["MOR_WIDGET_SECRET"]
+    if secret:
+        exp = request.args.get("exp", "")
+        expires_at = int(exp) if exp.isdigit() else int(time.time()) + LINK_LIFETIME
+        path = signing.sign_url(path, secret, expires_at)
+    return request.script_root + path
+
+
+def devices_link(server_id: int, status: Optional[str] = None, page: int = 1) -> str:
+    query = [f"status={status}"] if status else []
+    if page > 1:
+        query.append(f"page={page}")
+    per_page = request.args.get("per_page") if request.endpoint == "widget.server_devices" else None
+    if per_page:
+        query.append(f"per_page={int(per_page)}")
+    return link(f"/servers/{server_id}/devices" + ("?" + "&".join(query) if query else ""))
+
+
+@bp.get("/servers")
+def servers_page() -> Any:
+    now = utcnow()
+    stale_after = current_app.config["MOR_WIDGET_STALE_AFTER"]
+    servers = get_db().fleet()
+    return render_template(
+        "servers.html",
+        servers=servers,
+        now=now,
+        kinds=KINDS,
+        labels=bullets.LABELS,
+        explanations=bullets.EXPLANATIONS,
+        bullet=lambda kind: bullets.svg(kind, bullets.tooltip(kind), 12),
+        stale=lambda server: is_stale(server.last_success, now, stale_after),
+        listener_up=lambda server: metrics.listener_up(server, now, stale_after),
+        devices_link=devices_link,
+        refresh=current_app.config["MOR_WIDGET_REFRESH"],
+    )
+
+
+FILTER_LABELS = {
+    **bullets.LABELS,
+    FLAPPING_FILTER: "flapping",
+    WRONG_SERVER_FILTER: "registered here but assigned to another server",
+}
+
+
+@bp.get("/servers/<server_id>/devices")
+def server_devices(server_id: str) -> Any:
+    sid = parse_id(server_id, "server id")
+    status = request.args.get("status") or None
+    if status is not None and status not in DEVICE_FILTERS:
+        abort(400, f"status must be one of {', '.join(DEVICE_FILTERS)}")
+    page = parse_positive("page", 1, 10**6)
+    per_page = parse_positive("per_page", PER_PAGE, MAX_PER_PAGE)
+    found = get_db().server_devices(sid, status, (page - 1) * per_page, per_page)
+    if found is None:
+        abort(404, f"there is no server with id {sid}")
+    pages = max(1, -(-found.total // per_page))
+    return render_template(
+        "server_devices.html",
+        server_id=sid,
+        status=status,
+        what=FILTER_LABELS.get(status or "", "SIP devices"),
+        found=found,
+        page=page,
+        pages=pages,
+        bullet=lambda kind, reg_status: bullets.svg(kind, bullets.tooltip(kind, reg_status), 12),
+        devices_link=devices_link,
+        servers_link=link("/servers"),
+        wrong_server=status == WRONG_SERVER_FILTER,
+    )
+
+
+@bp.get("/metrics")
+def metrics_page() -> Any:
+    if not metrics.allowed(request.remote_addr, current_app.config["MOR_WIDGET_METRICS_ALLOW"]):
+        abort(403, "this address may not read the metrics (see MOR_WIDGET_METRICS_ALLOW)")
+    registry = metrics.registry(get_db(), utcnow, current_app.config["MOR_WIDGET_STALE_AFTER"])
+    response = Response(generate_latest(registry), mimetype=None)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/healthz")
