@@ -58,7 +58,10 @@ def _paths(device_ids: list[int], rng: random.Random) -> dict[str, str]:
 
 
 def in_process(db_url: str, paths: dict[str, str], iterations: int) -> dict[str, Any]:
-    app = create_app({"MOR_WIDGET_DB_URL": db_url, "MOR_WIDGET_SECRET": SECRET})
+    # every request reaches the database: the answer cache is off in-process
+    app = create_app(
+        {"MOR_WIDGET_DB_URL": db_url, "MOR_WIDGET_SECRET": SECRET, "MOR_WIDGET_CACHE_SECONDS": 0}
+    )
     client = app.test_client()
     out: dict[str, Any] = {}
     for name, path in paths.items():
@@ -87,7 +90,9 @@ def profile_in_process(db_url: str, path: str, iterations: int, top: int = 25) -
     import io
     import pstats
 
-    app = create_app({"MOR_WIDGET_DB_URL": db_url, "MOR_WIDGET_SECRET": SECRET})
+    app = create_app(
+        {"MOR_WIDGET_DB_URL": db_url, "MOR_WIDGET_SECRET": SECRET, "MOR_WIDGET_CACHE_SECONDS": 0}
+    )
     client = app.test_client()
     client.get(path)
     profiler = cProfile.Profile()

@@ -227,7 +227,7 @@ def sites(mor_db: MorDatabase) -> Iterator[Sites]:
 def browser() -> Iterator[Any]:
     executable = chromium_path()
     if not Path(executable).exists():
-        pytest.skip(f"chromium is not installed at {executable} (make test installs it)")
+        pytest.fail(f"chromium is not installed at {executable} -- run make test as root to install it")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium

@@ -153,7 +153,12 @@ def state(device_id: int, status: str, **columns: Any) -> dict[str, Any]:
 
 
 def make_app(url: str, **settings: Any) -> Flask:
-    config = {"MOR_WIDGET_DB_URL": url, "MOR_WIDGET_FRAME_ANCESTORS": MOR_ORIGIN}
+    # no answer cache: these tests change the database and read it back at once
+    config = {
+        "MOR_WIDGET_DB_URL": url,
+        "MOR_WIDGET_FRAME_ANCESTORS": MOR_ORIGIN,
+        "MOR_WIDGET_CACHE_SECONDS": 0,
+    }
     config.update(settings)
     app = create_app(config)
     app.testing = True
@@ -765,3 +770,36 @@ def test_json_is_valid_utf8_for_non_ascii_names(world: MorDatabase, client: Flas
     world.execute("UPDATE devices SET name = :n WHERE id = 1", n="tālrunis-Ž")
     raw = client.get("/api/v1/devices/status?ids=1").get_data()
     assert json.loads(raw)["devices"][0]["name"] == "tālrunis-Ž"
+
+
+def test_bullets_and_json_are_served_from_memory_for_the_cache_seconds(
+    world: MorDatabase,
+) -> None:
+    client = make_app(world.url, MOR_WIDGET_CACHE_SECONDS=0.5).test_client()
+    before_bullet = client.get("/devices/1/bullet.svg").get_data(as_text=True)
+    before_json = client.get("/api/v1/devices/status?ids=1").get_json()
+    world.execute("UPDATE devices SET reg_status = 'UNREACHABLE' WHERE id = 1")
+    assert client.get("/devices/1/bullet.svg").get_data(as_text=True) == before_bullet
+    assert client.get("/api/v1/devices/status?ids=1").get_json() == before_json
+    time.sleep(0.6)
+    assert client.get("/api/v1/devices/status?ids=1").get_json()["devices"][0]["status"] == (
+        "unreachable"
+    )
+    assert client.get("/devices/1/bullet.svg").get_data(as_text=True) != before_bullet
+
+
+def test_a_cached_bullet_still_answers_304_to_its_etag(world: MorDatabase) -> None:
+    client = make_app(world.url, MOR_WIDGET_CACHE_SECONDS=30).test_client()
+    etag = client.get("/devices/1/bullet.svg").headers["ETag"]
+    again = client.get("/devices/1/bullet.svg", headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert "Content-Security-Policy" in again.headers
+
+
+def test_the_cache_does_not_skip_the_signature(world: MorDatabase) -> None:
+    client = make_app(
+        world.url, MOR_WIDGET_SECRET=SECRET, MOR_WIDGET_CACHE_SECONDS=30
+    ).test_client()
+    good = signed("/devices/1/bullet.svg")
+    assert client.get(good).status_code == 200
+    assert client.get(good[:-1] + ("0" if good[-1] != "0" else "1")).status_code == 403

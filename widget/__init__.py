@@ -21,6 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from mor_plugin.status import NONE
 
 from . import bullets, settings, signing
+from .cache import ResponseCache
 from .db import Database, utcnow
 from .settings import ConfigError
 from .timefmt import ago, duration, iso, utc_title
@@ -49,6 +50,8 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
         app.config["MOR_WIDGET_DB_CONNECT_TIMEOUT"],
         app.config["MOR_WIDGET_DB_READ_TIMEOUT"],
     )
+    if app.config["MOR_WIDGET_CACHE_SECONDS"] > 0:
+        app.extensions["mor_widget_cache"] = ResponseCache(app.config["MOR_WIDGET_CACHE_SECONDS"])
     app.add_template_filter(_time_ago, "ago")
     app.add_template_filter(duration, "duration")
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order

@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "MOR_WIDGET_FRAME_ANCESTORS": "",
     "MOR_WIDGET_STALE_AFTER": 180,
     "MOR_WIDGET_REFRESH": 30,
+    # seconds a bullet or JSON answer is served from memory (0: always ask the database)
+    "MOR_WIDGET_CACHE_SECONDS": 2,
     # seconds a dead database may take to refuse before the request answers 503
     "MOR_WIDGET_DB_CONNECT_TIMEOUT": 3,
     "MOR_WIDGET_DB_READ_TIMEOUT": 5,
@@ -110,6 +112,15 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
             ) from None
         if values[key] < 1:
             raise ConfigError(f"{key} must be at least 1 second")
+    try:
+        values["MOR_WIDGET_CACHE_SECONDS"] = float(values["MOR_WIDGET_CACHE_SECONDS"])
+    except (TypeError, ValueError):
+        raise ConfigError(
+            "MOR_WIDGET_CACHE_SECONDS must be a number of seconds (0 turns the cache off), "
+            f"not {values['MOR_WIDGET_CACHE_SECONDS']!r}"
+        ) from None
+    if not 0 <= values["MOR_WIDGET_CACHE_SECONDS"] <= 60:
+        raise ConfigError("MOR_WIDGET_CACHE_SECONDS must be between 0 and 60")
     values["MOR_WIDGET_SECRET"] = values.get("MOR_WIDGET_SECRET") or None
     values["MOR_WIDGET_FRAME_ANCESTORS"] = frame_ancestors(values.get("MOR_WIDGET_FRAME_ANCESTORS"))
     values["MOR_WIDGET_METRICS_ALLOW"] = metrics_allow(values.get("MOR_WIDGET_METRICS_ALLOW"))

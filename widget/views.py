@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mor_plugin.status import KINDS
 
 from . import bullets, charts, metrics, signing
+from .cache import cached
 from .db import (
     DEVICE_FILTERS,
     FLAPPING_FILTER,
@@ -130,6 +131,7 @@ def latency_range(history: History) -> Optional[tuple[int, int]]:
 
 
 @bp.get("/devices/<device_id>/bullet.svg")
+@cached
 def bullet(device_id: str) -> Any:
     device = one_device(device_id)
     title = bullets.tooltip(device.kind, device.reg_status)
@@ -187,6 +189,7 @@ def device_json(device: DeviceStatus, now: datetime) -> dict[str, Any]:
 
 
 @bp.get("/api/v1/devices/status")
+@cached
 def api_devices() -> Any:
     ids = parse_ids(request.args.getlist("ids"))
     found = get_db().devices(ids)
