@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -152,34 +153,39 @@ class MorDatabase:
         return out
 
 
-@pytest.fixture
-def mor_db(mariadb: None) -> Iterator[MorDatabase]:
-    """A fresh MOR database on the real MariaDB, with a password user of its own."""
+@contextmanager
+def mor_database(prefix: str = "mor_t") -> Iterator[MorDatabase]:
+    """A fresh MOR database on the real MariaDB with a password user of its own; dropped after."""
     suffix = secrets.token_hex(4)
-    name, user, password = f"mor_t_{suffix}", f"mor_t_{suffix}", secrets.token_hex(8)
+    name, user, password = f"{prefix}_{suffix}", f"{prefix}_{suffix}", secrets.token_hex(8)
     root = _root_connection()
     try:
         with root.cursor() as cur:
             cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8")
-            cur.execute(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}'")
-            cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'")
-            cur.execute(f"GRANT ALL ON `{name}`.* TO '{user}'@'localhost'")
-            cur.execute(f"GRANT ALL ON `{name}`.* TO '{user}'@'127.0.0.1'")
+            for host in ("localhost", "127.0.0.1"):
+                cur.execute(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY '{password}'")
+                cur.execute(f"GRANT ALL ON `{name}`.* TO '{user}'@'{host}'")
             cur.execute(f"USE `{name}`")
             for statement in MOR_DDL.split(";\n"):
                 if statement.strip() and "CREATE TABLE" in statement:
                     cur.execute(statement)
         url = f"mysql+pymysql://{user}:{password}@127.0.0.1:3306/{name}?charset=utf8mb4"
         engine = create_engine(url, pool_pre_ping=True)
-        db = MorDatabase(name=name, user=user, password=password, url=url, engine=engine)
-        yield db
+        yield MorDatabase(name=name, user=user, password=password, url=url, engine=engine)
         engine.dispose()
     finally:
         with root.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-            cur.execute(f"DROP USER IF EXISTS '{user}'@'localhost'")
-            cur.execute(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+            for host in ("localhost", "127.0.0.1"):
+                cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
         root.close()
+
+
+@pytest.fixture
+def mor_db(mariadb: None) -> Iterator[MorDatabase]:
+    """A MOR database of this test's own."""
+    with mor_database() as db:
+        yield db
 
 
 @pytest.fixture

@@ -1,0 +1,733 @@
+"""The Ansible roles and playbooks, run for real with ansible-playbook into a temporary root.
+
+Every run installs into ``mor_install_root`` (a folder under pytest's tmp) over a
+local connection, with pip pointed at a wheelhouse built once per session, so
+nothing outside the folder changes. The collector's install is shared by the
+tests of this module (building a venv costs seconds); tests that change what it
+left put it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shlex
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import yaml
+from conftest import MorDatabase, mor_database
+
+from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
+
+pytestmark = pytest.mark.ansible
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PLAYBOOKS = ["site.yml", "collector.yml", "widget.yml", "check.yml", "uninstall.yml"]
+ROLES = ["mor_retrieve_peers", "mor_status_widget"]
+
+# What a MOR Asterisk server already has before the install.
+MOR_CRON = (
+    "# MOR minute actions\n"
+    "*/10 * * * * root /usr/local/mor/mor_retrieve_peers\n"
+    "* * * * * root /usr/local/mor/mor_minute_actions.sh >/dev/null 2>&1\n"
+)
+LEGACY_COLLECTOR = b"\x7fELF legacy mor_retrieve_peers v1.9\n"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+
+    @property
+    def changed(self) -> int:
+        counts = re.findall(r"changed=(\d+)", self.out)
+        assert counts, self.out[-3000:]
+        return sum(int(c) for c in counts)
+
+    @property
+    def changed_tasks(self) -> list[str]:
+        """The names of the tasks that reported a change, to say why a rerun was not idempotent."""
+        names = []
+        for block in self.out.split("\nTASK [")[1:]:
+            if re.search(r"^changed: ", block, re.M):
+                names.append(block.split("]", 1)[0])
+        return names
+
+
+class Ansible:
+    """ansible-playbook and ansible from this venv, with every temp folder under ``base``."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        self.inventory = base / "inventory"
+        self.inventory.write_text(
+            "[mor_asterisk]\nlocalhost\n[mor_gui]\nlocalhost\n"
+            f"[all:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n"
+            "ansible_become=false\n"
+        )
+        self.env = dict(os.environ)
+        self.env.update(
+            ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+            ANSIBLE_HOME=str(base / "ansible-home"),
+            ANSIBLE_LOCAL_TEMP=str(base / "local-tmp"),
+            ANSIBLE_REMOTE_TEMP=str(base / "remote-tmp"),
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_FORCE_COLOR="0",
+            PIP_DISABLE_PIP_VERSION_CHECK="1",
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
+
+    def playbook(self, name: str, extra: dict[str, Any], *args: str, timeout: int = 300) -> Run:
+        vars_file = self.base / f"vars-{secrets.token_hex(4)}.json"
+        vars_file.write_text(json.dumps(extra))
+        return self._run(
+            [
+                str(BIN / "ansible-playbook"),
+                "-i",
+                str(self.inventory),
+                str(REPO / "playbooks" / name),
+                "-e",
+                f"@{vars_file}",
+                *args,
+            ],
+            timeout,
+        )
+
+    def adhoc(self, module: str, args: str) -> Run:
+        return self._run(
+            [
+                str(BIN / "ansible"),
+                "localhost",
+                "-i",
+                str(self.inventory),
+                "-m",
+                module,
+                "-a",
+                args,
+            ],
+            120,
+        )
+
+    def _run(self, argv: list[str], timeout: int) -> Run:
+        done = subprocess.run(
+            argv,
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return Run(done.returncode, done.stdout + done.stderr)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def seed_mor_server(root: Path, db_url: str, ami_port: int) -> dict[str, bytes]:
+    """MOR's own files on an Asterisk server: mor.conf, the cron file, the legacy collector."""
+    mor_conf = (
+        "# MOR configuration\n"
+        "host = localhost\ndb = mor\nuser = mor\nsecret = mor\nport = 3306\n"
+        "server_id = 1\n"
+        "DEBUG = 0\n"
+        f"db_url = {db_url}\n"
+        f"ami_host = 127.0.0.1\nami_port = {ami_port}\nami_username = mor\nami_secret = s3cret\n"
+        f"manager_conf = {root}/etc/asterisk/manager.conf\n"
+        "ami_connect_timeout = 2\nami_timeout = 5\n"
+    )
+    files = {
+        "var/lib/asterisk/agi-bin/mor.conf": mor_conf.encode(),
+        "etc/cron.d/mor_minute_actions": MOR_CRON.encode(),
+        "usr/local/mor/mor_retrieve_peers": LEGACY_COLLECTOR,
+    }
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    (root / "usr/local/mor/mor_retrieve_peers").chmod(0o755)
+    return files
+
+
+def tree(root: Path) -> dict[str, Any]:
+    """Every path under root with its mode and, for files, its bytes."""
+    out: dict[str, Any] = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        content = path.read_bytes() if stat.S_ISREG(info.st_mode) else None
+        out[str(path.relative_to(root))] = (stat.filemode(info.st_mode), content)
+    return out
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The env file as systemd reads it (our writer double-quotes and escapes \\ " $ `)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        assert value.startswith('"') and value.endswith('"'), line
+        values[key] = re.sub(r"\\(.)", r"\1", value[1:-1])
+    return values
+
+
+def wait_for_http(url: str, timeout: float = 20) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project and its dependencies as wheels, once per session (installs need no index)."""
+    path = tmp_path_factory.mktemp("wheelhouse")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--wheel-dir",
+            str(path),
+            f"{REPO}[widget]",
+        ],
+        check=True,
+        timeout=600,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def fleet_db(mariadb: None) -> Iterator[MorDatabase]:
+    """A MOR database once per module: the shared install points its mor.conf at it."""
+    with mor_database("mor_a") as db:
+        db.add_server(1)
+        db.add_device(1, "dev1")
+        db.add_device(2, "dev2")
+        db.add_device(3, "dev3", qualify="no")
+        yield db
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[AmiSimulator]:
+    peers = [
+        SimPeer("dev1", "OK (12 ms)", ip="10.0.0.1", port=5060),
+        SimPeer("dev2", "UNREACHABLE", ip="10.0.0.2", port=5060),
+        SimPeer("dev3", "Unmonitored", ip="10.0.0.3", port=5060),
+    ]
+    with run_in_thread(AmiSimulator(peers, version="11", username="mor", secret="s3cret")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def ansible(tmp_path_factory: pytest.TempPathFactory) -> Ansible:
+    return Ansible(tmp_path_factory.mktemp("ansible"))
+
+
+def project_wheel(wheelhouse: Path) -> str:
+    return str(next(wheelhouse.glob("mor_regstatus-*.whl")))
+
+
+def collector_vars(root: Path, wheelhouse: Path, **more: Any) -> dict[str, Any]:
+    """Deps from the wheelhouse; the project's wheel is built by the role unless more says."""
+    return {
+        "mor_install_root": str(root),
+        "mor_retrieve_peers_pip_extra_args": f"--no-index --find-links {wheelhouse}",
+        **more,
+    }
+
+
+def widget_vars(root: Path, wheelhouse: Path, db_url: str, **more: Any) -> dict[str, Any]:
+    return {
+        "mor_install_root": str(root),
+        "mor_status_widget_pip_extra_args": f"--no-index --find-links {wheelhouse}",
+        "mor_status_widget_db_url": db_url,
+        "mor_status_widget_manage_service": False,
+        "mor_status_widget_healthcheck": False,
+        "mor_status_widget_create_user": False,
+        "mor_status_widget_user": "nobody",
+        "mor_status_widget_web_servers": ["apache", "nginx"],
+        **more,
+    }
+
+
+@dataclass
+class Installed:
+    root: Path
+    mor_files: dict[str, bytes]
+    first: Run
+    second: Run
+    vars: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def collector(
+    tmp_path_factory: pytest.TempPathFactory,
+    ansible: Ansible,
+    wheelhouse: Path,
+    fleet_db: MorDatabase,
+    sim: AmiSimulator,
+) -> Installed:
+    """collector.yml run twice on a MOR server's files.
+
+    Both runs install the session's wheel, so that an edit of the checkout between the
+    two runs (while developers work) cannot make the second run change; the role's own
+    build from the checkout is exercised by the check-mode and uninstall tests.
+    """
+    root = tmp_path_factory.mktemp("collector") / "root"
+    mor_files = seed_mor_server(root, fleet_db.url, sim.port)
+    extra = collector_vars(
+        root, wheelhouse, mor_retrieve_peers_wheel_file=project_wheel(wheelhouse)
+    )
+    first = ansible.playbook("collector.yml", extra)
+    assert first.rc == 0, first.out[-4000:]
+    second = ansible.playbook("collector.yml", extra)
+    return Installed(root, mor_files, first, second, extra)
+
+
+@pytest.fixture(scope="module")
+def collected(collector: Installed, fleet_db: MorDatabase) -> Installed:
+    """The installed launcher, run once as cron would run it."""
+    done = subprocess.run(
+        [str(collector.root / "usr/local/mor/mor_retrieve_peers")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return collector
+
+
+def local_fact(ansible: Ansible, root: Path) -> Optional[dict[str, Any]]:
+    result = ansible.adhoc("setup", f"fact_path={root}/etc/ansible/facts.d filter=ansible_local")
+    assert result.rc == 0, result.out
+    facts = json.loads(result.out.split("=>", 1)[1])["ansible_facts"]
+    return facts.get("ansible_local", {}).get("mor_registration_status")  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- static checks
+
+
+def test_ansible_lint_production_profile_is_clean() -> None:
+    done = subprocess.run(
+        [str(BIN / "ansible-lint"), "--nocolor"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Profile 'production' was required, and it passed" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_playbook_passes_syntax_check(ansible: Ansible, playbook: str) -> None:
+    result = ansible.playbook(playbook, {}, "--syntax-check")
+    assert result.rc == 0, result.out
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_argument_specs_document_every_default(role: str) -> None:
+    base = REPO / "roles" / role
+    defaults = yaml.safe_load((base / "defaults/main.yml").read_text())
+    specs = yaml.safe_load((base / "meta/argument_specs.yml").read_text())["argument_specs"]
+    options = specs["main"]["options"]
+    # mor_install_root is shared by both roles: documented, defaulted in vars/main.yml
+    assert set(defaults) | {"mor_install_root"} <= set(options)
+    for name, value in defaults.items():
+        assert options[name].get("default") == value, name
+    undocumented_private = [name for name in options if name.startswith("_")]
+    assert not undocumented_private
+    assert set(specs) == {"main", "uninstall"}
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("playbook", "variable", "value", "message"),
+    [
+        ("collector.yml", "mor_retrieve_peers_logrotate", "sometimes", "unable to convert to bool"),
+        ("collector.yml", "mor_retrieve_peers_package_source", "ftp", "must be one of"),
+        (
+            "collector.yml",
+            "mor_retrieve_peers_logrotate_rotate",
+            "many",
+            "unable to convert to int",
+        ),
+        ("widget.yml", "mor_status_widget_port", "http", "unable to convert to int"),
+        ("widget.yml", "mor_status_widget_web_servers", ["lighttpd"], "must be one or more of"),
+    ],
+)
+def test_a_wrong_variable_is_refused_before_any_task_runs(
+    tmp_path: Path,
+    ansible: Ansible,
+    wheelhouse: Path,
+    playbook: str,
+    variable: str,
+    value: Any,
+    message: str,
+) -> None:
+    root = tmp_path / "root"
+    seed_mor_server(root, "sqlite:///nowhere.db", 9)
+    before = tree(root)
+    extra = {
+        **collector_vars(root, wheelhouse),
+        **widget_vars(root, wheelhouse, "sqlite:///nowhere.db"),
+        variable: value,
+    }
+    result = ansible.playbook(playbook, extra)
+    assert result.rc != 0
+    assert variable in result.out and message in result.out, result.out[-3000:]
+    assert "Validating arguments against arg spec" in result.out
+    assert "changed=0" in result.out
+    assert tree(root) == before
+
+
+def test_the_widget_without_a_database_url_is_refused_naming_it(
+    tmp_path: Path, ansible: Ansible, wheelhouse: Path
+) -> None:
+    extra = widget_vars(tmp_path / "root", wheelhouse, "x")
+    del extra["mor_status_widget_db_url"]
+    result = ansible.playbook("widget.yml", extra)
+    assert result.rc != 0
+    assert "missing required arguments: mor_status_widget_db_url" in result.out
+    assert not (tmp_path / "root").exists()
+
+
+# --------------------------------------------------------------------------- check mode
+
+
+def test_check_mode_on_a_fresh_mor_server_changes_nothing_on_disk(
+    tmp_path: Path, ansible: Ansible, wheelhouse: Path
+) -> None:
+    root = tmp_path / "root"
+    seed_mor_server(root, "sqlite:///nowhere.db", 9)
+    before = tree(root)
+    extra = {
+        **collector_vars(root, wheelhouse),
+        **widget_vars(root, wheelhouse, "mysql+pymysql://ro:pw@127.0.0.1/mor"),
+    }
+    result = ansible.playbook("site.yml", extra, "--check", "--diff")
+    assert result.rc == 0, result.out[-4000:]
+    assert result.changed > 0  # it says what it would do ...
+    assert tree(root) == before  # ... and does none of it
+
+
+# --------------------------------------------------------------------------- the collector
+
+
+def test_first_run_installs_the_collector(collector: Installed) -> None:
+    root = collector.root
+    assert collector.first.changed > 0
+    launcher = root / "usr/local/mor/mor_retrieve_peers"
+    assert launcher.stat().st_mode & 0o777 == 0o755
+    assert "mor-regstatus launcher" in launcher.read_text()
+    assert (root / "opt/mor-regstatus/venv/bin/mor-retrieve-peers").exists()
+    assert (root / "etc/ansible/facts.d/mor_registration_status.fact").stat().st_mode & 0o111
+    assert (
+        f"{root}/var/log/mor/ami_debug.log {{"
+        in (root / "etc/logrotate.d/mor_retrieve_peers").read_text()
+    )
+    # MOR's legacy collector is kept for the uninstall
+    assert (root / "var/lib/mor-regstatus/legacy/mor_retrieve_peers").read_bytes() == (
+        LEGACY_COLLECTOR
+    )
+
+
+def test_second_run_changes_nothing(collector: Installed) -> None:
+    assert collector.second.rc == 0, collector.second.out[-3000:]
+    assert collector.second.changed == 0, collector.second.changed_tasks
+
+
+def test_mor_cron_line_is_replaced_in_place_and_other_lines_survive(collector: Installed) -> None:
+    cron = (collector.root / "etc/cron.d/mor_minute_actions").read_text()
+    assert cron == MOR_CRON.replace(
+        "*/10 * * * * root /usr/local/mor/mor_retrieve_peers",
+        f"* * * * * root {collector.root}/usr/local/mor/mor_retrieve_peers",
+    )
+
+
+def test_mor_conf_survives_byte_for_byte(collector: Installed) -> None:
+    rel = "var/lib/asterisk/agi-bin/mor.conf"
+    assert (collector.root / rel).read_bytes() == collector.mor_files[rel]
+
+
+def test_installed_launcher_updates_reg_status(collected: Installed, fleet_db: MorDatabase) -> None:
+    assert fleet_db.reg_statuses() == {
+        "dev1": "OK (12 ms)",
+        "dev2": "UNREACHABLE",
+        "dev3": "Unmonitored",
+    }
+    state = json.loads((collected.root / "var/lib/mor-regstatus/state.json").read_text())
+    assert state["last_result"] == "ok"
+    assert (collected.root / "var/log/mor/ami_debug.log").read_text()
+
+
+def test_local_fact_reports_the_install_and_the_last_run(
+    collected: Installed, ansible: Ansible
+) -> None:
+    fact = local_fact(ansible, collected.root)
+    assert fact is not None
+    assert fact["installed"] is True
+    assert fact["last_result"] == "ok"
+    assert fact["version"] == "0.1.0"
+    assert fact["cron_schedule"] == "* * * * *"
+    assert fact["server_id"] == 1
+    assert fact["debug"] is False
+    assert fact["launcher_ok"] is True
+    assert fact["counts"]["ok"] == 1 and fact["counts"]["unreachable"] == 1
+    assert 0 <= fact["last_run_age_s"] < 300
+
+
+def test_the_fact_prints_json_when_the_state_file_is_broken(collected: Installed) -> None:
+    state = collected.root / "var/lib/mor-regstatus/state.json"
+    saved = state.read_bytes()
+    try:
+        state.write_text("{not json")
+        done = subprocess.run(
+            [str(collected.root / "etc/ansible/facts.d/mor_registration_status.fact")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        state.write_bytes(saved)
+    fact = json.loads(done.stdout)
+    assert fact["installed"] is True and fact["last_result"] is None
+    assert "state.json" in fact["errors"][0]
+
+
+def test_check_playbook_passes_after_a_good_run(collected: Installed, ansible: Ansible) -> None:
+    result = ansible.playbook("check.yml", {"mor_install_root": str(collected.root)})
+    assert result.rc == 0, result.out[-3000:]
+    assert re.search(
+        r"localhost: OK \| server_id 1 \| v0\.1\.0 \| cron '\* \* \* \* \*' \| "
+        r"last run \S+ \(\d+ s ago\): ok \| 3 peers: .*ok=1 .*\| debug off",
+        result.out,
+    ), result.out
+
+
+def test_check_playbook_fails_a_server_whose_last_run_is_stale(
+    collected: Installed, ansible: Ansible
+) -> None:
+    state = collected.root / "var/lib/mor-regstatus/state.json"
+    saved = state.read_bytes()
+    payload = json.loads(saved)
+    payload["last_run"] = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat()
+    try:
+        state.write_text(json.dumps(payload))
+        result = ansible.playbook("check.yml", {"mor_install_root": str(collected.root)})
+    finally:
+        state.write_bytes(saved)
+    assert result.rc != 0
+    assert re.search(r"localhost: FAIL .*last run 7\d\d\d s ago \(limit 900 s\)", result.out), (
+        result.out
+    )
+
+
+def test_check_playbook_fails_a_server_without_the_collector(
+    tmp_path: Path, ansible: Ansible
+) -> None:
+    result = ansible.playbook("check.yml", {"mor_install_root": str(tmp_path)})
+    assert result.rc != 0
+    assert "localhost: FAIL | not installed" in result.out
+
+
+def test_debug_sets_only_the_debug_line_of_mor_conf(
+    tmp_path: Path, ansible: Ansible, wheelhouse: Path
+) -> None:
+    root = tmp_path / "root"
+    files = seed_mor_server(root, "sqlite:///nowhere.db", 9)
+    extra = collector_vars(root, wheelhouse, mor_retrieve_peers_debug=True)
+    result = ansible.playbook("collector.yml", extra, "--tags", "mor_retrieve_peers_configure")
+    assert result.rc == 0, result.out[-3000:]
+    conf = "var/lib/asterisk/agi-bin/mor.conf"
+    assert (root / conf).read_bytes() == files[conf].replace(b"DEBUG = 0", b"DEBUG = 1")
+
+
+def test_exactly_one_cron_line_runs_the_collector_whatever_was_there(
+    tmp_path: Path, ansible: Ansible, wheelhouse: Path
+) -> None:
+    root = tmp_path / "root"
+    seed_mor_server(root, "sqlite:///nowhere.db", 9)
+    cron = root / "etc/cron.d/mor_minute_actions"
+    cron.write_text(
+        MOR_CRON
+        + "0 5 * * * root /usr/local/mor/mor_retrieve_peers --full\n"
+        + "#*/5 * * * * root /usr/local/mor/mor_retrieve_peers\n"
+    )
+    extra = collector_vars(root, wheelhouse, mor_retrieve_peers_cron_schedule="*/2 * * * *")
+    result = ansible.playbook("collector.yml", extra, "--tags", "mor_retrieve_peers_configure")
+    assert result.rc == 0, result.out[-3000:]
+    ours = f"*/2 * * * * root {root}/usr/local/mor/mor_retrieve_peers"
+    lines = cron.read_text().splitlines()
+    assert lines.count(ours) == 1
+    assert [line for line in lines if line != ours] == [
+        "# MOR minute actions",
+        "* * * * * root /usr/local/mor/mor_minute_actions.sh >/dev/null 2>&1",
+        "#*/5 * * * * root /usr/local/mor/mor_retrieve_peers",
+    ]
+
+
+def test_uninstall_gives_mor_back_its_own_files(
+    tmp_path: Path, ansible: Ansible, wheelhouse: Path, fleet_db: MorDatabase, sim: AmiSimulator
+) -> None:
+    root = tmp_path / "root"
+    files = seed_mor_server(root, fleet_db.url, sim.port)
+    extra = {
+        **collector_vars(root, wheelhouse, mor_retrieve_peers_migrate=False),
+        **widget_vars(root, wheelhouse, fleet_db.url),
+    }
+    installed = ansible.playbook("site.yml", extra)
+    assert installed.rc == 0, installed.out[-4000:]
+    assert (root / "opt/mor-status-widget/venv/bin/gunicorn").exists()
+
+    removed = ansible.playbook("uninstall.yml", extra)
+    assert removed.rc == 0, removed.out[-4000:]
+    for rel, content in files.items():
+        assert (root / rel).read_bytes() == content, rel
+    assert (root / "usr/local/mor/mor_retrieve_peers").stat().st_mode & 0o777 == 0o755
+    leftovers = [str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()]
+    assert sorted(leftovers) == sorted(files)
+
+
+# --------------------------------------------------------------------------- the widget
+
+
+@pytest.fixture(scope="module")
+def widget(
+    tmp_path_factory: pytest.TempPathFactory,
+    ansible: Ansible,
+    wheelhouse: Path,
+    fleet_db: MorDatabase,
+) -> Installed:
+    root = tmp_path_factory.mktemp("widget") / "root"
+    extra = widget_vars(
+        root,
+        wheelhouse,
+        fleet_db.url,
+        mor_status_widget_port=free_port(),
+        mor_status_widget_wheel_file=project_wheel(wheelhouse),
+    )
+    first = ansible.playbook("widget.yml", extra)
+    assert first.rc == 0, first.out[-4000:]
+    second = ansible.playbook("widget.yml", extra)
+    return Installed(root, {}, first, second, extra)
+
+
+def test_widget_second_run_changes_nothing_and_keeps_its_secret(widget: Installed) -> None:
+    assert widget.first.changed > 0
+    assert widget.second.rc == 0, widget.second.out[-3000:]
+    assert widget.second.changed == 0, widget.second.changed_tasks
+
+
+def test_widget_env_file_is_private_and_holds_the_settings(
+    widget: Installed, fleet_db: MorDatabase
+) -> None:
+    env_file = widget.root / "etc/mor-status-widget/env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    env = read_env_file(env_file)
+    assert env["MOR_WIDGET_DB_URL"] == fleet_db.url
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", env["MOR_WIDGET_SECRET"])
+    assert env["MOR_WIDGET_FRAME_ANCESTORS"] == "'self'"
+    assert env["MOR_WIDGET_STALE_AFTER"] == "180"
+
+
+def test_widget_unit_is_hardened_and_listens_on_loopback(widget: Installed) -> None:
+    unit = (widget.root / "etc/systemd/system/mor-status-widget.service").read_text()
+    for line in (
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "User=nobody",
+        f"EnvironmentFile={widget.root}/etc/mor-status-widget/env",
+    ):
+        assert line + "\n" in unit
+    port = widget.vars["mor_status_widget_port"]
+    assert f"--bind 127.0.0.1:{port} " in unit
+
+
+def test_web_server_snippets_proxy_the_prefix(widget: Installed) -> None:
+    port = widget.vars["mor_status_widget_port"]
+    apache = (widget.root / "etc/httpd/conf.d/mor-status-widget.conf").read_text()
+    assert '<Location "/mor-status/">' in apache
+    assert f'ProxyPass "http://127.0.0.1:{port}/"' in apache
+    assert 'RequestHeader set X-Forwarded-Prefix "/mor-status"' in apache
+    nginx = (widget.root / "etc/nginx/snippets/mor-status-widget.conf").read_text()
+    assert "location /mor-status/ {" in nginx
+    assert f"proxy_pass http://127.0.0.1:{port}/;" in nginx
+    assert "proxy_set_header X-Forwarded-Prefix /mor-status;" in nginx
+
+
+def test_installed_widget_answers_healthz_from_mariadb(
+    widget: Installed, ansible: Ansible, tmp_path: Path
+) -> None:
+    """The unit's ExecStart with the env file, as systemd would start it; then the role's check."""
+    unit = (widget.root / "etc/systemd/system/mor-status-widget.service").read_text()
+    exec_start = re.search(r"^ExecStart=(.+)$", unit, re.M)
+    assert exec_start
+    env = {**os.environ, **read_env_file(widget.root / "etc/mor-status-widget/env")}
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as log_file:
+        server = subprocess.Popen(
+            shlex.split(exec_start.group(1)),
+            cwd="/",
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        port = widget.vars["mor_status_widget_port"]
+        status, body = wait_for_http(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200, body + log.read_text()
+        check = ansible.playbook(
+            "widget.yml",
+            {**widget.vars, "mor_status_widget_healthcheck": True},
+            "--tags",
+            "mor_status_widget_healthcheck",
+        )
+        assert check.rc == 0, check.out[-3000:]
+        assert "Ask the widget's /healthz" in check.out
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
