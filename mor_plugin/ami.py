@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from panoramisk import Manager
 from panoramisk.actions import Action
@@ -226,12 +226,12 @@ async def _connect(endpoint: AmiEndpoint) -> _Manager:
     return manager
 
 
-async def _login(manager: _Manager, endpoint: AmiEndpoint) -> None:
+async def _login(manager: _Manager, endpoint: AmiEndpoint, events: str = "off") -> None:
     login = {
         "Action": "Login",
         "Username": endpoint.username,
         "Secret": endpoint.secret,
-        "Events": "off",
+        "Events": events,
     }
     answer = await _wait(manager, _send(manager, login), endpoint.timeout, "the login answer")
     if answer.get("Response", "") != "Success":
@@ -356,6 +356,41 @@ async def fetch_peer_list(endpoint: AmiEndpoint) -> PeerList:
         return PeerList(peers=peers, info=info)
     finally:
         manager.close()
+
+
+async def open_event_session(
+    endpoint: AmiEndpoint, on_event: Callable[[Mapping[str, str]], None]
+) -> _Manager:
+    """Connect and log in with ``Events: system`` (chan_sip's PeerStatus is a system
+    event); ``on_event`` gets the fields of every ``PeerStatus``. The caller closes it.
+
+    Raises AmiAuthError for a refused login (the caller must not retry it blindly).
+    """
+    manager = await _connect(endpoint)
+    try:
+        manager.register_event("PeerStatus", lambda _manager, message: on_event(message))
+        await _login(manager, endpoint, events="system")
+    except BaseException:
+        manager.close()
+        raise
+    return manager
+
+
+async def ping(manager: _Manager, endpoint: AmiEndpoint) -> None:
+    """One ``Ping``; AmiError when no answer comes within ``endpoint.timeout`` or the
+    connection closes first."""
+    answer = await _wait(manager, _send(manager, {"Action": "Ping"}), endpoint.timeout, "Pong")
+    if answer.get("Response", "") not in ("Success", "Pong"):
+        raise AmiError(f"Ping failed: {_one_line(answer.get('Message', 'no reason given'))}")
+
+
+def connection_closed(manager: _Manager) -> asyncio.Future[None]:
+    """A future that resolves when Asterisk closes the connection."""
+    return manager.closed_by_peer
+
+
+def close(manager: _Manager) -> None:
+    manager.close()
 
 
 def get_peer_list(endpoint: AmiEndpoint) -> PeerList:

@@ -3,11 +3,16 @@
 AMI list -> rules -> one database transaction. Exit codes (also in README):
 0 done (or another run holds the lock), 1 unexpected error, 2 configuration,
 3 Asterisk/AMI, 4 database. Every failure is one line on stderr and in the log.
+
+``--watch`` runs the event listener instead (mor_plugin.listener): it holds
+``<lock_file>.watch``, so the cron poll keeps running beside it; it exits 0 on
+SIGTERM/SIGINT, 3 when Asterisk refuses its login, 2/4 when it cannot start.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import fcntl
 import json
 import logging
@@ -18,17 +23,26 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Optional
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, store
+from . import __version__, notify, store, textfile
 from .ami import AmiEndpoint, AmiError, PeerList, get_peer_list
 from .config import ConfigError, Settings, load_settings
-from .status import KINDS, Device, DeviceState, Plan, WrongServer, plan_cycle, wrong_server_records
+from .status import (
+    KINDS,
+    Device,
+    DeviceState,
+    FlapRule,
+    Plan,
+    WrongServer,
+    plan_cycle,
+    wrong_server_records,
+)
 
 log = logging.getLogger("mor_plugin")
 
@@ -104,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
         "--migrate",
         action="store_true",
         help="create or update the project's own tables, then exit",
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="run until stopped: apply Asterisk's PeerStatus events as they come "
+        "(the cron poll keeps running beside it)",
     )
     parser.add_argument(
         "-v",
@@ -237,6 +257,8 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
         endpoint = _endpoint(settings, engine)
         try:
             listing: PeerList = get_peer_list(endpoint)
+            # the observation time: a device the listener wrote later is left alone
+            observed = utc_now()
         except AmiError as err:
             if not dry_run:
                 store.record_failure(engine, settings.server_id, utc_now(), f"AMI: {err}")
@@ -262,15 +284,36 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
             listing.info.ami_version,
         )
 
+        flap = FlapRule(settings.flap_changes, timedelta(seconds=settings.flap_window))
+        done: dict[str, Any] = {}
+
         def work(conn: Connection) -> None:
             now = utc_now()
             devices = store.load_devices(conn, settings.server_id)
+            migrated = bool(store.schema_version(conn))
             states: dict[int, DeviceState] = (
-                store.load_states(conn, settings.server_id) if store.schema_version(conn) else {}
+                store.load_states(conn, settings.server_id) if migrated else {}
+            )
+            recent = (
+                store.count_recent_transitions(conn, settings.server_id, observed - flap.window)
+                if migrated
+                else {}
+            )
+            sample = migrated and store.latency_due(
+                store.last_success(conn, settings.server_id), now
             )
             plan = plan_cycle(
-                settings.server_id, listing.peers, devices, states, now, settings.unknown_after
+                settings.server_id,
+                listing.peers,
+                devices,
+                states,
+                observed,
+                settings.unknown_after,
+                recent=recent,
+                flap=flap,
+                sample_latency=sample and not dry_run,
             )
+            done["plan"] = plan
             elsewhere = store.find_devices_elsewhere(
                 conn, [p.name for p in plan.unmatched_peers], settings.server_id
             )
@@ -292,27 +335,56 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
                 wrong_server=len(wrong),
                 asterisk_version=listing.info.asterisk_version,
                 uptime=listing.info.uptime,
+                observed_at=observed,
             )
             summary.changed = store.write_plan(conn, settings.server_id, plan, wrong, now, run)
             log.debug(
-                "SQL: %d reg_status changes, %d state rows, %d forgotten, %d wrong-server",
+                "SQL: %d reg_status changes, %d state rows, %d forgotten, %d wrong-server, "
+                "%d transitions, %d left to newer events",
                 len(plan.reg_status_changes),
                 len(plan.state_changes),
                 len(plan.forgotten_device_ids),
                 len(wrong),
+                len(plan.transitions),
+                plan.skipped_newer,
             )
 
         try:
-            store.in_transaction(engine, work)
+            store.in_transaction(
+                engine,
+                work,
+                lock=store.write_lock_name(settings.server_id),
+                lock_timeout=settings.db_timeout,
+            )
         except SQLAlchemyError as err:
             message = f"database {settings.masked_db_url()}: {store.describe_db_error(err)}"
             if not dry_run:
                 store.record_failure(engine, settings.server_id, utc_now(), message)
             raise RunFailed(message, EXIT_DATABASE) from None
+        if not dry_run:
+            _after_commit(settings, engine, done["plan"], observed)
     finally:
+        if not dry_run:
+            textfile.export(engine, settings.textfile_dir, settings.server_id, utc_now())
         engine.dispose()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _after_commit(settings: Settings, engine: Any, plan: Plan, observed: datetime) -> None:
+    """Latency samples, purging and webhooks: outside the run's transaction, and none of
+    them fails a run whose statuses are written (each logs its own failure)."""
+    try:
+        if plan.latency_samples:
+            with engine.begin() as conn:
+                written = store.write_latency_samples(conn, observed, plan.latency_samples)
+            log.debug("latency: %d samples written", written)
+        history, latency = store.purge_old(engine, utc_now(), settings.history_days)
+        if history or latency:
+            log.info("purged %d history rows and %d latency rows", history, latency)
+    except SQLAlchemyError as err:
+        log.warning("latency samples or purge failed: %s", store.describe_db_error(err))
+    notify.notify_after_commit(engine, notify.webhook_from(settings), plan.transitions, utc_now())
 
 
 def _state_payload(
@@ -359,15 +431,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     for warning in settings.warnings:
         log.warning("%s", warning)
+    # the listener has a lock of its own: it must not keep the cron poll from running
+    lock_file = watch_lock_file(settings) if args.watch else settings.lock_file
     try:
-        with _single_run(settings.lock_file) as mine:
+        with _single_run(lock_file) as mine:
             if not mine:
-                log.info("another run holds %s; this one exits", settings.lock_file)
-                if args.verbose or args.json:
-                    print(
-                        f"another mor-retrieve-peers run holds {settings.lock_file}; nothing to do"
-                    )
+                log.info("another run holds %s; this one exits", lock_file)
+                if args.verbose or args.json or args.watch:
+                    print(f"another mor-retrieve-peers run holds {lock_file}; nothing to do")
                 return EXIT_OK
+            if args.watch:
+                return _watch(settings)
             return _run(args, settings)
     except OSError as err:
         return _fail(
@@ -380,6 +454,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # main() may run many times in one process (the demo's loop, tests)
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+def watch_lock_file(settings: Settings) -> Path:
+    """The event listener's lock: ``<lock_file>.watch``."""
+    return settings.lock_file.with_name(settings.lock_file.name + ".watch")
+
+
+def _watch(settings: Settings) -> int:
+    """``--watch``: the event listener until SIGTERM/SIGINT (see mor_plugin.listener)."""
+    engine = store.make_engine(settings.db_url, timeout=settings.db_timeout)
+    try:
+        endpoint = _endpoint(settings, engine)
+        applied = store.ensure_schema(engine, utc_now())
+        if applied:
+            log.info("database migrated to version %s", applied[-1])
+        from . import listener  # only the long-running mode needs it
+
+        log.info("listener started (server_id %s)", settings.server_id)
+        code = asyncio.run(listener.watch(settings, endpoint, engine, utc_now))
+        log.info("listener stopped (exit %d)", code)
+        if code != EXIT_OK:
+            print("mor-retrieve-peers: listener stopped: AMI login refused", file=sys.stderr)
+        return code
+    except RunFailed as err:
+        log.error("listener failed: %s", err)
+        return _fail(str(err), err.exit_code, sys.stderr)
+    except SQLAlchemyError as err:
+        message = f"database {settings.masked_db_url()}: {store.describe_db_error(err)}"
+        log.error("listener failed: %s", message)
+        return _fail(message, EXIT_DATABASE, sys.stderr)
+    except Exception as err:  # noqa: BLE001 - one line for systemd, the traceback for the log
+        log.exception("listener failed unexpectedly")
+        message = f"unexpected {type(err).__name__}: {err} (traceback in {settings.log_file})"
+        return _fail(message, EXIT_UNEXPECTED, sys.stderr)
+    finally:
+        engine.dispose()
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -64,6 +64,16 @@ _OUR_KEYS = (
     "log_file",
     "state_file",
     "lock_file",
+    "watch_ping_interval",
+    "history_days",
+    "flap_changes",
+    "flap_window",
+    "textfile_dir",
+    "webhook_url",
+    "webhook_secret",
+    "webhook_timeout",
+    "webhook_user_ids",
+    "webhook_device_ids",
 )
 KNOWN_KEYS = frozenset(_MOR_KEYS + _OUR_KEYS)
 
@@ -124,6 +134,19 @@ class Settings:
     state_file: Path = DEFAULT_STATE_FILE
     lock_file: Path = DEFAULT_LOCK_FILE
     manager_conf: Path = DEFAULT_MANAGER_CONF
+    #: the event listener (``--watch``): seconds between its AMI Pings
+    watch_ping_interval: float = 10.0
+    history_days: float = 30.0
+    #: a device with >= flap_changes transitions within flap_window seconds is flapping
+    flap_changes: int = 4
+    flap_window: float = 600.0
+    #: node_exporter textfile directory for ``mor_regstatus.prom``; None: not written
+    textfile_dir: Optional[Path] = None
+    webhook_url: Optional[str] = None
+    webhook_secret: Optional[str] = None
+    webhook_timeout: float = 5.0
+    webhook_user_ids: tuple[int, ...] = ()
+    webhook_device_ids: tuple[int, ...] = ()
     warnings: tuple[str, ...] = ()
 
     def masked_db_url(self) -> str:
@@ -136,7 +159,7 @@ class Settings:
             value: object = getattr(self, f.name)
             if f.name == "db_url":
                 value = self.masked_db_url()
-            elif f.name == "ami_secret" and value is not None:
+            elif f.name in ("ami_secret", "webhook_secret") and value is not None:
                 value = "***"
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
@@ -362,13 +385,15 @@ class _Values:
             raise self._fail(key, f"a whole number >= {minimum}")
         return number
 
-    def seconds(self, key: str, default: float, *, zero_ok: bool = False) -> float:
+    def seconds(
+        self, key: str, default: float, *, zero_ok: bool = False, unit: str = "seconds"
+    ) -> float:
         raw = self.text(key)
         if raw is None:
             return default
         number = float(raw) if _DECIMAL.fullmatch(raw) else math.nan
         if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
-            raise self._fail(key, f"a number of seconds {'>= 0' if zero_ok else '> 0'}")
+            raise self._fail(key, f"a number of {unit} {'>= 0' if zero_ok else '> 0'}")
         return number
 
     def boolean(self, key: str) -> bool:
@@ -378,6 +403,24 @@ class _Values:
         if raw.lower() not in _BOOLEANS:
             raise self._fail(key, "a boolean (use 1/0, yes/no, true/false, on/off)")
         return _BOOLEANS[raw.lower()]
+
+    def ids(self, key: str) -> tuple[int, ...]:
+        """A comma- or space-separated list of whole numbers (``-1`` allowed: providers)."""
+        raw = self.text(key)
+        if raw is None:
+            return ()
+        parts = [part for part in re.split(r"[\s,]+", raw) if part]
+        if not all(re.fullmatch(r"-?[0-9]+", part) for part in parts):
+            raise self._fail(key, "a list of whole numbers like '-1, 5'")
+        return tuple(int(part) for part in parts)
+
+    def url(self, key: str) -> Optional[str]:
+        raw = self.text(key)
+        if raw is None:
+            return None
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
+            raise ConfigError(f"{self.file}: {key} is not an http:// or https:// URL")
+        return raw
 
     def path(self, key: str, default: Path) -> Path:
         """The path; a relative one is taken relative to mor.conf's directory."""
@@ -539,6 +582,11 @@ def _compare_server_id(
         )
 
 
+def _flap_changes(values: _Values) -> int:
+    number = values.whole("flap_changes", 2)
+    return 4 if number is None else number
+
+
 def load_settings(
     path: Path,
     *,
@@ -584,6 +632,21 @@ def load_settings(
         state_file=state_file or values.path("state_file", DEFAULT_STATE_FILE),
         lock_file=lock_file or values.path("lock_file", DEFAULT_LOCK_FILE),
         manager_conf=manager_conf,
+        watch_ping_interval=values.seconds("watch_ping_interval", 10.0),
+        history_days=values.seconds("history_days", 30.0, unit="days"),
+        flap_changes=_flap_changes(values),
+        flap_window=values.seconds("flap_window", 10.0, unit="minutes") * 60,
+        textfile_dir=values.path("textfile_dir", Path()) if values.text("textfile_dir") else None,
+        webhook_url=values.url("webhook_url"),
+        webhook_secret=values.values.get("webhook_secret") or None,
+        webhook_timeout=values.seconds("webhook_timeout", 5.0),
+        webhook_user_ids=values.ids("webhook_user_ids"),
+        webhook_device_ids=values.ids("webhook_device_ids"),
     )
+    if settings.webhook_url and not (settings.webhook_user_ids or settings.webhook_device_ids):
+        warnings.append(
+            f"{path}: webhook_url is set but neither webhook_user_ids nor webhook_device_ids;"
+            " no device will be notified"
+        )
     _compare_server_id(path, server_id, asterisk_mor_conf, warnings)
     return replace(settings, warnings=tuple(warnings))

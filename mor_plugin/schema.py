@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     text,
 )
+from sqlalchemy.dialects import mysql
 
 #: MOR's own tables, as far as this project uses them.
 mor_metadata = MetaData()
@@ -55,6 +56,9 @@ servers = Table(
 
 #: The project's own tables.
 own_metadata = MetaData()
+#: A DATETIME with microseconds on MySQL/MariaDB: observation times are compared, and a
+#: poll and an event within the same second must still be ordered.
+PreciseDateTime = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 #: InnoDB for transactions; utf8mb4 so that any device name fits.
 _OWN_TABLE_OPTIONS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
@@ -85,6 +89,10 @@ device_state = Table(
     # schema 2: >= flap_changes transitions within flap_window minutes
     Column("flapping", Boolean, nullable=False, server_default=text("0")),
     Column("flapping_since", DateTime),
+    # schema 2: when what this row says was observed (UTC): the poll's list completion or
+    # the PeerStatus event's arrival. The poll and the event listener each leave alone a
+    # device whose stored observation is newer than their own (last observation wins).
+    Column("observed_at", PreciseDateTime),
     **_OWN_TABLE_OPTIONS,
 )
 
@@ -111,6 +119,9 @@ server_state = Table(
     Column("listener_connected", Boolean, nullable=False, server_default=text("0")),
     Column("listener_seen", DateTime),  # its last heartbeat
     Column("listener_since", DateTime),  # connected (or disconnected) since
+    # schema 2: when the last successful poll's AMI list completed; the listener ignores
+    # events older than that (the poll saw every device after them)
+    Column("observed_at", PreciseDateTime),
     **_OWN_TABLE_OPTIONS,
 )
 
@@ -154,6 +165,8 @@ history = Table(
 
 #: Latency samples, one row per device and hour: ``samples`` holds space-separated
 #: ``<seconds since the hour>:<ms>`` pairs, e.g. ``"0:23 60:25 120:24"``.
+#: Written by the poll for OK/LAGGED devices, at most one sample per device every
+#: 5 minutes (``store.LATENCY_EVERY``); rows older than 24 hours are purged.
 latency = Table(
     "mor_regstatus_latency",
     own_metadata,

@@ -8,7 +8,11 @@ them (CRLF lines, an empty line after each message, ``ActionID`` echoed where
 Asterisk echoes it, empty values with their trailing space). Fault switches
 (:class:`Faults`) reproduce what breaks in the field: wrong credentials,
 dropped or hung connections, slow lists, junk in the stream, a lying
-``ListItems``, a missing ``PeerlistComplete`` and Asterisk 21+ without chan_sip.
+``ListItems``, a missing ``PeerlistComplete``, Asterisk 21+ without chan_sip,
+and a Ping that is never answered. Sessions that log in with system events get
+chan_sip's ``PeerStatus`` events from :meth:`AmiSimulator.emit_peer_status`
+(and :meth:`AmiSimulator.flap`); :meth:`AmiSimulator.drop_event_sessions` cuts
+them.
 
 Field names and orders were read from asterisk/asterisk at the tags named in
 ``_VERSIONS`` (``channels/chan_sip.c``: ``manager_sip_show_peers``,
@@ -87,6 +91,8 @@ class Faults:
     no_chan_sip: bool = False
     #: How long a failed Login waits before answering.
     auth_fail_delay: float = 1.0
+    #: ``Ping`` gets no answer at all; the connection stays open (a silent hang).
+    no_pong: bool = False
 
 
 @dataclass(frozen=True)
@@ -355,6 +361,11 @@ class AmiSimulator:
         self._tasks: set[asyncio.Task[object]] = set()
         self._transports: set[asyncio.WriteTransport] = set()
         self._entry_template = _peer_entry_template(self._version)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        #: Connections whose login asked for system events (they get PeerStatus).
+        self._event_writers: set[asyncio.StreamWriter] = set()
+        #: PeerStatus events written, counted once per receiving session.
+        self.events_sent = 0
 
     # -- life cycle ---------------------------------------------------------
 
@@ -363,6 +374,7 @@ class AmiSimulator:
         if self._server is not None:
             return
         self._stopping = False
+        self._loop = asyncio.get_running_loop()
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
@@ -401,6 +413,105 @@ class AmiSimulator:
                 return
         raise KeyError(name)
 
+    # -- PeerStatus events ---------------------------------------------------
+
+    @property
+    def event_sessions(self) -> int:
+        """Open connections that receive system events."""
+        return len(self._event_writers)
+
+    def emit_peer_status(
+        self,
+        name: str,
+        status: str,
+        time_ms: Optional[int] = None,
+        *,
+        address: Optional[tuple[str, int]] = None,
+        cause: Optional[str] = None,
+    ) -> None:
+        """Send chan_sip's ``PeerStatus`` event to every session with system events on,
+        and update the peer's listed status the way chan_sip's state would move.
+
+        ``status``: Registered, Unregistered, Reachable, Lagged, Unreachable or
+        Rejected. ``time_ms=None`` leaves the ``Time`` line out (an event without
+        Time); ``address`` is the (ip, port) of Registered and Rejected. Safe to
+        call from any thread; the event is written on the simulator's loop.
+        """
+        self._in_loop(lambda: self._emit(name, status, time_ms, address, cause))
+
+    def flap(self, name: str, changes: int, *, interval: float = 0.05, time_ms: int = 20) -> None:
+        """Scripted flapping: ``changes`` events alternating Unreachable and Reachable,
+        ``interval`` seconds apart, starting with Unreachable."""
+
+        async def script() -> None:
+            for i in range(changes):
+                if i:
+                    await asyncio.sleep(interval)
+                if i % 2 == 0:
+                    self._emit(name, "Unreachable", -1, None, None)
+                else:
+                    self._emit(name, "Reachable", time_ms, None, None)
+
+        def start() -> None:
+            task = asyncio.ensure_future(script())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._in_loop(start)
+
+    def drop_event_sessions(self) -> None:
+        """Fault: cut the TCP connection of every session that receives events."""
+
+        def drop() -> None:
+            for writer in list(self._event_writers):
+                writer.transport.abort()
+
+        self._in_loop(drop)
+
+    def _in_loop(self, work: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the AMI simulator is not running")
+        try:
+            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            work()
+        else:
+            loop.call_soon_threadsafe(work)
+
+    def _emit(
+        self,
+        name: str,
+        status: str,
+        time_ms: Optional[int],
+        address: Optional[tuple[str, int]],
+        cause: Optional[str],
+    ) -> None:
+        peer = next((p for p in self.peers if p.name == name), None)
+        if peer is not None:
+            _apply_peer_status(peer, status, time_ms, address)
+        v = self._version
+        pairs = [("Event", "PeerStatus"), ("Privilege", "system,all")]
+        if v.rank >= (1, 6):
+            pairs.append(("ChannelType", "SIP"))
+        pairs += [("Peer", f"SIP/{name}"), ("PeerStatus", status)]
+        if time_ms is not None:
+            pairs.append(("Time", str(time_ms)))
+        if cause is not None:
+            pairs.append(("Cause", cause))
+        if address is not None:
+            if v.rank >= (1, 8):
+                pairs.append(("Address", f"{address[0]}:{address[1]}"))
+            else:
+                pairs += [("Address", address[0]), ("Port", str(address[1]))]
+        data = _message(*pairs)
+        for writer in list(self._event_writers):
+            if not writer.is_closing():
+                writer.write(data)
+                self.events_sent += 1
+
     # -- connection ---------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -431,6 +542,7 @@ class AmiSimulator:
             if not self._stopping:
                 raise
         finally:
+            self._event_writers.discard(writer)
             transport.abort()
             self._transports.discard(transport)
             if task is not None:
@@ -540,6 +652,8 @@ class AmiSimulator:
         session.authenticated = True
         self.logins += 1
         session.events = _events_on(_header(headers, "events"))
+        if session.events:
+            self._event_writers.add(writer)
         writer.write(_response(headers, "Success", "Authentication accepted"))
         # 11+ send FullyBooted to sessions that receive system events; older
         # versions only with the non-default "sendfullybooted" option.
@@ -564,6 +678,8 @@ class AmiSimulator:
         self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
     ) -> None:
         v = self._version
+        if self.faults.no_pong:
+            return  # hung: the socket stays open, nothing comes back
         if v.rank < (1, 6):
             writer.write(_response(headers, "Pong", None))
             return
@@ -731,6 +847,27 @@ class AmiSimulator:
         if len(peers) in junk:
             writer.write(junk[len(peers)])
         return sent
+
+
+def _apply_peer_status(
+    peer: SimPeer, status: str, time_ms: Optional[int], address: Optional[tuple[str, int]]
+) -> None:
+    """Move a peer's listed state as chan_sip does on the event it announces."""
+    latency = _TIMED.match(peer.status)
+    known = int(latency.group(2)) if latency else None
+    ms = time_ms if time_ms is not None and time_ms > 0 else known
+    if status == "Reachable":
+        peer.status = f"OK ({ms or 1} ms)"
+    elif status == "Lagged":
+        peer.status = f"LAGGED ({ms or 2001} ms)"
+    elif status == "Unreachable":
+        peer.status = "UNREACHABLE"
+    elif status == "Unregistered":
+        peer.ip, peer.port = None, 0
+        if peer.status != "Unmonitored":
+            peer.status = "UNKNOWN"  # no address: lastms 0
+    elif status == "Registered" and address is not None:
+        peer.ip, peer.port = address
 
 
 def _garbage(idtext: str, count: int) -> dict[int, bytes]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -52,6 +53,8 @@ class Device:
     id: int
     name: str
     reg_status: Optional[str]
+    #: ``devices.qualify``; read by the event listener only (the poll reads Asterisk's view).
+    qualify: Optional[str] = None
 
 
 @dataclass(**_VALUE)
@@ -66,6 +69,26 @@ class DeviceState:
     unreachable_since: Optional[datetime] = None
     ip: Optional[str] = None
     port: Optional[int] = None
+    #: >= flap_changes transitions within flap_window, and since when.
+    flapping: bool = False
+    flapping_since: Optional[datetime] = None
+    #: When what the row says was observed (the poll's list or the event); the writer
+    #: whose observation is older leaves the device alone.
+    observed_at: Optional[datetime] = None
+
+
+@dataclass(**_VALUE)
+class Transition:
+    """A change of a device's bullet colour (one ``mor_regstatus_history`` row)."""
+
+    device_id: int
+    server_id: int
+    at: datetime
+    from_status: str
+    to_status: str
+    reg_status: Optional[str]
+    latency_ms: Optional[int]
+    source: str  # "poll" or "event"
 
 
 @dataclass(**_VALUE)
@@ -100,6 +123,12 @@ class Plan:
     # kept states of devices no longer assigned to this server (deleted, re-homed)
     forgotten_device_ids: tuple[int, ...] = ()
     peers_listed: int = 0
+    transitions: tuple[Transition, ...] = ()
+    #: device_id, ms, device_id, ms, ... of every OK/LAGGED device when the caller asked
+    #: for latency samples (a flat array: 100k pairs as tuples would cost ~8 MB)
+    latency_samples: Sequence[int] = ()
+    #: devices left alone because a newer observation (an event) is stored
+    skipped_newer: int = 0
 
 
 def kind_of(reg_status: Optional[str]) -> str:
@@ -208,12 +237,22 @@ def plan_cycle(
     states: Mapping[int, DeviceState],
     now: datetime,
     unknown_after: float,
+    *,
+    recent: Optional[Mapping[int, int]] = None,
+    flap: Optional[FlapRule] = None,
+    sample_latency: bool = False,
 ) -> Plan:
     """Diff what Asterisk lists against what is stored for this server's devices.
 
     Only devices assigned to this server are considered (``devices`` holds no
     others); a device that Asterisk does not list gets NULL. Peers without a
     device here are returned as ``unmatched_peers`` for the wrong-server check.
+
+    ``now`` is when the list was observed: a device whose stored observation is
+    newer (an event the listener applied meanwhile) is left alone. ``recent``
+    counts each device's stored transitions within ``flap.window`` before
+    ``now`` (counts, not times: an outage moves 30 % of 100k devices); with
+    ``flap`` the plan also sets and clears the flapping flag.
     """
     # One entry per name; a list only for the rare names that several devices share.
     by_name: dict[str, Device] = {}
@@ -253,19 +292,39 @@ def plan_cycle(
     counts = dict.fromkeys(KINDS, 0)
     reg_changes: list[tuple[int, Optional[str]]] = []
     state_changes: list[DeviceState] = []
+    transitions: list[Transition] = []
+    samples = array("q")
+    skipped = 0
     for device in devices:
+        previous = states.get(device.id)
+        if previous is not None and previous.observed_at is not None and previous.observed_at > now:
+            skipped += 1
+            counts[kind_of(device.reg_status)] += 1
+            continue
         if device.id not in new_status:
             new_status[device.id] = None
             new_states[device.id] = _next_state(
-                server_id, device.id, states.get(device.id), None, None, None, None, now
+                server_id, device.id, previous, None, None, None, None, now
             )
         value = new_status[device.id]
         counts[kind_of(value)] += 1
         if value != device.reg_status:
             reg_changes.append((device.id, value))
         state = new_states[device.id]
-        if state != states.get(device.id):
+        moved = False
+        if previous is not None and previous.status != state.status:
+            moved = True
+            transitions.append(_transition(previous, state, value, now, "poll"))
+        if flap is not None and (moved or (previous is not None and previous.flapping)):
+            count = (recent or {}).get(device.id, 0) + moved
+            state = flap_set(state, count >= flap.changes, now)
+        if state != previous:
             state_changes.append(state)
+        if sample_latency and state.status in (OK, LAGGED):
+            ms = latency_ms(value)
+            if ms is not None:
+                samples.append(device.id)
+                samples.append(ms)
 
     return Plan(
         reg_status_changes=tuple(reg_changes),
@@ -274,6 +333,24 @@ def plan_cycle(
         unmatched_peers=tuple(unmatched),
         forgotten_device_ids=tuple(sorted(set(states) - {device.id for device in devices})),
         peers_listed=listed,
+        transitions=tuple(transitions),
+        latency_samples=samples,
+        skipped_newer=skipped,
+    )
+
+
+def _transition(
+    previous: DeviceState, state: DeviceState, reg_status: Optional[str], at: datetime, source: str
+) -> Transition:
+    return Transition(
+        device_id=state.device_id,
+        server_id=state.server_id,
+        at=at,
+        from_status=previous.status,
+        to_status=state.status,
+        reg_status=reg_status,
+        latency_ms=latency_ms(reg_status),
+        source=source,
     )
 
 
@@ -290,8 +367,8 @@ def _next_state(
     """The device's kept state after this run; equal to ``previous`` when nothing moved.
 
     ``since`` moves only when the bullet's colour changes (latency jitter is not
-    a change of status); ``last_seen`` is written when the row is written for
-    another reason while the device is seen, so a steady device costs no write.
+    a change of status); ``last_seen`` and ``observed_at`` are written when the
+    row is written for another reason, so a steady device costs no write.
     """
     kind = kind_of(reg_status)
     seen = kind in SEEN_KINDS and ip is not None
@@ -305,6 +382,7 @@ def _next_state(
             unreachable_since=unreachable_since,
             ip=ip,
             port=port,
+            observed_at=now,
         )
     candidate = replace(
         previous,
@@ -317,7 +395,273 @@ def _next_state(
     )
     if candidate == previous:
         return previous
-    return replace(candidate, last_seen=now if seen else previous.last_seen)
+    return replace(candidate, last_seen=now if seen else previous.last_seen, observed_at=now)
+
+
+# --- flapping -------------------------------------------------------------------
+
+
+@dataclass(**_VALUE)
+class FlapRule:
+    """``changes`` transitions or more within ``window`` make a device flap."""
+
+    changes: int = 4
+    window: timedelta = timedelta(minutes=10)
+
+
+def is_flapping(times: Iterable[datetime], now: datetime, rule: FlapRule) -> bool:
+    """Whether the transitions at ``times`` put ``rule.changes`` or more into the window
+    ending at ``now`` (a transition exactly ``window`` ago has left it)."""
+    start = now - rule.window
+    return sum(1 for at in times if start < at <= now) >= rule.changes
+
+
+def flap_update(
+    state: DeviceState, stored: Iterable[datetime], moved: bool, now: datetime, rule: FlapRule
+) -> DeviceState:
+    """``state`` with its flapping flag for the stored transition times, plus one at
+    ``now`` when the device has just ``moved``. ``reg_status`` is never touched."""
+    times = list(stored)
+    if moved:
+        times.append(now)
+    return flap_set(state, is_flapping(times, now, rule), now)
+
+
+def flap_set(state: DeviceState, flapping: bool, now: datetime) -> DeviceState:
+    """``state`` flagged (since ``now``, or since it started) or cleared."""
+    if flapping == state.flapping:
+        return state
+    return replace(state, flapping=flapping, flapping_since=now if flapping else None)
+
+
+# --- PeerStatus events --------------------------------------------------------------
+
+#: chan_sip's ``PeerStatus`` values (``manager_event(EVENT_FLAG_SYSTEM, "PeerStatus", ...)``).
+EVENT_STATUSES = frozenset(
+    {"Registered", "Unregistered", "Reachable", "Lagged", "Unreachable", "Rejected"}
+)
+#: chan_sip's default qualify limit (``qualify=yes``).
+DEFAULT_MAXMS = 2000
+
+
+@dataclass(**_VALUE)
+class PeerEvent:
+    """One ``PeerStatus`` event for a SIP peer, as the listener received it."""
+
+    name: str  # without the "SIP/" prefix
+    status: str  # one of EVENT_STATUSES
+    at: datetime  # when it was received (UTC): its observation time
+    time_ms: Optional[int] = None  # the qualify round trip; None when absent or -1
+    ip: Optional[str] = None  # Registered only
+    port: Optional[int] = None
+
+
+def peer_event_from_fields(fields: Mapping[str, str], at: datetime) -> Optional[PeerEvent]:
+    """A ``PeerEvent`` from the fields of one ``Event: PeerStatus`` (keys in any case).
+
+    Returns None for other channel types (IAX2, PJSIP), unknown statuses and
+    malformed events. ``Address`` is ``ip:port`` from Asterisk 1.8 on, ``Address``
+    plus ``Port`` before.
+    """
+    lowered = {key.lower(): value.strip() for key, value in fields.items()}
+    peer = lowered.get("peer", "")
+    channel_type = lowered.get("channeltype", "SIP")
+    prefix, slash, name = peer.partition("/")
+    if not slash or prefix.upper() != "SIP" or channel_type.upper() != "SIP" or not name:
+        return None
+    status = lowered.get("peerstatus", "")
+    if status not in EVENT_STATUSES:
+        return None
+    time_text = lowered.get("time", "")
+    time_ms = int(time_text) if time_text.isdigit() and int(time_text) > 0 else None
+    ip = port = None
+    if status == "Registered" and lowered.get("address"):
+        ip, port = parse_address(lowered["address"], lowered.get("port", ""))
+    return PeerEvent(name=name, status=status, at=at, time_ms=time_ms, ip=ip, port=port)
+
+
+def qualify_limit(qualify: Optional[str]) -> Optional[int]:
+    """chan_sip's ``maxms`` for ``devices.qualify``: None when qualify is off."""
+    value = (qualify or "").strip().lower()
+    if value in ("no", "0", "false", "off", "n"):
+        return None
+    if value.isdigit():
+        return int(value)
+    return DEFAULT_MAXMS  # "yes" (and anything MOR did not write) is chan_sip's default
+
+
+def event_status(
+    status: str, time_ms: Optional[int], qualify: Optional[str], stored: Optional[str]
+) -> Optional[str]:
+    """What chan_sip's ``peer_status()`` prints after a ``PeerStatus`` event; None: unchanged.
+
+    * ``Reachable``/``Lagged``: ``OK (N ms)``/``LAGGED (N ms)`` with ``Time``; an
+      event without ``Time`` keeps the latency of the stored string until the
+      next poll (none stored: 1 ms, chan_sip's "known but under 1 ms", or just
+      over the qualify limit for LAGGED).
+    * ``Unreachable``: ``UNREACHABLE`` (the hour rule to UNKNOWN applies later).
+    * ``Registered``: qualify off: ``Unmonitored``. Qualify on: a device not
+      seen before (NULL, or Unmonitored) reads ``UNKNOWN`` -- chan_sip knows an
+      address but no qualify answer yet (``lastms`` 0); otherwise unchanged, the
+      qualify answer follows as its own event.
+    * ``Unregistered`` (expired or unregistered): qualify off ``Unmonitored``,
+      else ``UNKNOWN`` (chan_sip clears the address and ``lastms``).
+    * ``Rejected`` (failed authentication): unchanged -- the registered device
+      keeps its status; a stranger's bad password must not change it.
+    """
+    limit = qualify_limit(qualify)
+    if status in ("Reachable", "Lagged"):
+        ms = time_ms if time_ms is not None and time_ms > 0 else latency_ms(stored)
+        if status == "Reachable":
+            return f"OK ({ms or 1} ms)"
+        return f"LAGGED ({ms or (limit or DEFAULT_MAXMS) + 1} ms)"
+    if status == "Unreachable":
+        return "UNREACHABLE"
+    if status == "Registered":
+        if limit is None:
+            return "Unmonitored"
+        return "UNKNOWN" if kind_of(stored) in (NONE, UNMONITORED) else None
+    if status == "Unregistered":
+        return "Unmonitored" if limit is None else "UNKNOWN"
+    return None
+
+
+def plan_events(
+    server_id: int,
+    events: Sequence[PeerEvent],
+    devices: Sequence[Device],
+    states: Mapping[int, DeviceState],
+    unknown_after: float,
+    *,
+    recent: Optional[Mapping[int, Sequence[datetime]]] = None,
+    flap: Optional[FlapRule] = None,
+    not_before: Optional[datetime] = None,
+) -> Plan:
+    """Apply a batch of events, in order, to this server's devices with those names.
+
+    The same rules as the poll: ``devices`` holds only this server's SIP devices,
+    the stored strings keep chan_sip's format, the hour rule turns a long
+    UNREACHABLE into UNKNOWN. An event older than what is stored is ignored:
+    older than the last poll's list (``not_before``: that poll saw every device
+    after the event), or than the device's own ``observed_at``. Every device an
+    event changes gets the event's time as ``observed_at``, so that a poll whose
+    list is older leaves it alone. ``counts`` stays empty: the counts are the poll's.
+    """
+    by_name: dict[str, list[Device]] = {}
+    for device in devices:
+        by_name.setdefault(device.name, []).append(device)
+    original = {device.id: device.reg_status for device in devices}
+    current = dict(original)
+    current_states: dict[int, DeviceState] = {}
+    times: dict[int, list[datetime]] = {}
+    transitions: list[Transition] = []
+    skipped = 0
+    for event in events:
+        for device in by_name.get(event.name, ()):
+            previous = current_states.get(device.id) or states.get(device.id)
+            if (not_before is not None and event.at < not_before) or (
+                previous is not None and previous.observed_at and previous.observed_at > event.at
+            ):
+                skipped += 1
+                continue
+            raw = event_status(event.status, event.time_ms, device.qualify, current[device.id])
+            if raw is None and event.ip is None:
+                continue
+            if raw is None:
+                reg_status = current[device.id]
+                unreachable_since = previous.unreachable_since if previous else None
+            else:
+                reg_status, unreachable_since = effective_status(
+                    Peer(event.name, raw), previous, event.at, unknown_after
+                )
+            ip = event.ip if event.ip is not None else (previous.ip if previous else None)
+            port = event.port if event.ip is not None else (previous.port if previous else None)
+            state = _next_state(
+                server_id, device.id, previous, reg_status, unreachable_since, ip, port, event.at
+            )
+            moved = False
+            if previous is not None and previous.status != state.status:
+                moved = True
+                transitions.append(_transition(previous, state, reg_status, event.at, "event"))
+            if flap is not None and (moved or state.flapping):
+                stored = times.setdefault(device.id, list((recent or {}).get(device.id, ())))
+                state = flap_update(state, stored, moved, event.at, flap)
+                if moved:
+                    stored.append(event.at)
+            if reg_status != current[device.id] or state != (previous or state):
+                state = replace(state, observed_at=event.at)
+            current[device.id] = reg_status
+            current_states[device.id] = state
+    return Plan(
+        reg_status_changes=tuple(
+            (device_id, value)
+            for device_id, value in current.items()
+            if value != original[device_id]
+        ),
+        state_changes=tuple(
+            state for device_id, state in current_states.items() if state != states.get(device_id)
+        ),
+        counts={},
+        unmatched_peers=(),
+        transitions=tuple(transitions),
+        skipped_newer=skipped,
+    )
+
+
+# --- notifications ------------------------------------------------------------------
+
+#: Bullets that alert, and those that end an alert.
+DOWN_KINDS = frozenset({UNREACHABLE, UNKNOWN})
+UP_KINDS = frozenset({OK, LAGGED})
+
+
+def alert_of(kind: str) -> Optional[str]:
+    """``"down"``, ``"up"`` or None (Unmonitored, no status: nothing to say)."""
+    if kind in DOWN_KINDS:
+        return "down"
+    if kind in UP_KINDS:
+        return "up"
+    return None
+
+
+@dataclass(**_VALUE)
+class Notified:
+    """What was last sent for a device (``mor_regstatus_notified``)."""
+
+    device_id: int
+    last_status: str
+    last_sent: datetime
+    window_start: datetime
+    sent_in_window: int
+
+
+def should_notify(
+    previous: Optional[Notified], kind: str, now: datetime, window: timedelta
+) -> bool:
+    """Whether a device now showing ``kind`` earns a message.
+
+    Only a change between down (UNREACHABLE/UNKNOWN) and up (OK/LAGGED) counts;
+    the first message for a device is a "down". At most one message per
+    ``window``: a flapping device sends one, and when its window has passed the
+    poll (or the listener's heartbeat) sends where it ended up, if that differs.
+    """
+    alert = alert_of(kind)
+    if alert is None:
+        return False
+    if previous is None:
+        return alert == "down"
+    if alert_of(previous.last_status) == alert:
+        return False
+    return now - previous.last_sent >= window
+
+
+def notified_after(
+    previous: Optional[Notified], device_id: int, kind: str, now: datetime, window: timedelta
+) -> Notified:
+    """The dampening row after a message about ``kind`` was sent at ``now``."""
+    if previous is None or now - previous.window_start >= window:
+        return Notified(device_id, kind, now, now, 1)
+    return Notified(device_id, kind, now, previous.window_start, previous.sent_in_window + 1)
 
 
 def wrong_server_records(

@@ -13,17 +13,17 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Optional, TypeVar
 
-from sqlalchemy import bindparam, create_engine, delete, func, inspect, select, update
+from sqlalchemy import bindparam, case, create_engine, delete, func, inspect, select, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.expression import Insert
 
 from . import schema
-from .status import Device, DeviceState, ElsewhereDevice, Plan, WrongServer
+from .status import Device, DeviceState, ElsewhereDevice, Notified, Plan, Transition, WrongServer
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class ServerRun:
     wrong_server: int
     asterisk_version: Optional[str]
     uptime: Optional[str]
+    #: when the AMI list completed (the run's observation time)
+    observed_at: Optional[datetime] = None
 
 
 def make_engine(url: str, *, timeout: float = 30.0, echo: bool = False) -> Engine:
@@ -107,9 +109,11 @@ def _add_missing_columns(conn: Connection, table: Any, names: Iterable[str]) -> 
 
 def _migration_2(conn: Connection) -> None:
     """History: transitions, latency samples, flapping, the event listener, webhooks."""
-    _add_missing_columns(conn, schema.device_state, ("flapping", "flapping_since"))
+    _add_missing_columns(conn, schema.device_state, ("flapping", "flapping_since", "observed_at"))
     _add_missing_columns(
-        conn, schema.server_state, ("listener_connected", "listener_seen", "listener_since")
+        conn,
+        schema.server_state,
+        ("listener_connected", "listener_seen", "listener_since", "observed_at"),
     )
     for table in (schema.history, schema.latency, schema.notified):
         table.create(conn, checkfirst=True)
@@ -209,22 +213,111 @@ def load_states(conn: Connection, server_id: int) -> dict[int, DeviceState]:
             s.unreachable_since,
             s.ip,
             s.port,
+            s.flapping,
+            s.flapping_since,
+            s.observed_at,
         ).where(s.server_id == server_id),
     )
     shared = _Shared()
-    return {
-        row[0]: DeviceState(
-            device_id=row[0],
-            server_id=row[1],
-            status=shared(row[2]),
-            since=shared(row[3]),
-            last_seen=shared(row[4]),
-            unreachable_since=shared(row[5]),
-            ip=row[6],
-            port=row[7],
-        )
-        for row in rows
-    }
+    return {row[0]: _state_from_row(row, shared) for row in rows}
+
+
+def _state_from_row(row: Any, shared: Callable[[Any], Any]) -> DeviceState:
+    return DeviceState(
+        device_id=row[0],
+        server_id=row[1],
+        status=shared(row[2]),
+        since=shared(row[3]),
+        last_seen=shared(row[4]),
+        unreachable_since=shared(row[5]),
+        ip=row[6],
+        port=row[7],
+        flapping=bool(row[8]),
+        flapping_since=row[9],
+        observed_at=shared(row[10]),
+    )
+
+
+def load_devices_named(conn: Connection, server_id: int, names: Iterable[str]) -> list[Device]:
+    """This server's SIP devices with these peer names, with ``qualify`` (the listener's read)."""
+    d = schema.devices.c
+    query = select(d.id, d.name, d.reg_status, d.qualify).where(
+        d.name.in_(bindparam("names", expanding=True)),
+        d.server_id == server_id,
+        d.device_type == "SIP",
+    )
+    found: list[Device] = []
+    for chunk in _chunks(sorted(set(names)), CHUNK):
+        for row in conn.execute(query, {"names": list(chunk)}):
+            found.append(Device(id=row[0], name=row[1], reg_status=row[2], qualify=row[3]))
+    return found
+
+
+def load_states_of(conn: Connection, device_ids: Iterable[int]) -> dict[int, DeviceState]:
+    """The kept state of these devices (whatever server wrote it)."""
+    s = schema.device_state.c
+    query = select(
+        s.device_id,
+        s.server_id,
+        s.status,
+        s.since,
+        s.last_seen,
+        s.unreachable_since,
+        s.ip,
+        s.port,
+        s.flapping,
+        s.flapping_since,
+        s.observed_at,
+    ).where(s.device_id.in_(bindparam("ids", expanding=True)))
+    states: dict[int, DeviceState] = {}
+    for chunk in _chunks(sorted(set(device_ids)), CHUNK):
+        for row in conn.execute(query, {"ids": list(chunk)}):
+            states[row[0]] = _state_from_row(row, lambda value: value)
+    return states
+
+
+def load_recent_transitions(
+    conn: Connection, server_id: int, since: datetime
+) -> dict[int, list[datetime]]:
+    """Transition times after ``since`` of this server's devices (for the flapping rule).
+
+    A range on the indexed ``at``: a few rows normally, one per changed device in
+    an outage.
+    """
+    h = schema.history.c
+    recent: dict[int, list[datetime]] = {}
+    rows = conn.execute(
+        select(h.device_id, h.at).where(h.at > since, h.server_id == server_id).order_by(h.at)
+    )
+    for device_id, at in rows:
+        recent.setdefault(device_id, []).append(at)
+    return recent
+
+
+def count_recent_transitions(conn: Connection, server_id: int, since: datetime) -> dict[int, int]:
+    """How many transitions after ``since`` each of this server's devices has (the poll's
+    flapping input: counts, so that an outage's tens of thousands cost little memory)."""
+    h = schema.history.c
+    rows = conn.execute(
+        select(h.device_id, func.count())
+        .where(h.at > since, h.server_id == server_id)
+        .group_by(h.device_id)
+    )
+    return {device_id: int(count) for device_id, count in rows}
+
+
+def poll_observed_at(conn: Connection, server_id: int) -> Optional[datetime]:
+    """When the last successful poll of this server completed its AMI list."""
+    st = schema.server_state.c
+    value = conn.execute(select(st.observed_at).where(st.server_id == server_id)).scalar()
+    return value if isinstance(value, datetime) else None
+
+
+def last_success(conn: Connection, server_id: int) -> Optional[datetime]:
+    """When this server's last successful poll ran, if one did."""
+    st = schema.server_state.c
+    value = conn.execute(select(st.last_success).where(st.server_id == server_id)).scalar()
+    return value if isinstance(value, datetime) else None
 
 
 class _Shared:
@@ -379,6 +472,9 @@ _STATE_COLUMNS = (
     "unreachable_since",
     "ip",
     "port",
+    "flapping",
+    "flapping_since",
+    "observed_at",
 )
 
 
@@ -392,6 +488,9 @@ def _state_tuple(state: DeviceState) -> tuple[Any, ...]:
         state.unreachable_since,
         state.ip,
         state.port,
+        state.flapping,
+        state.flapping_since,
+        state.observed_at,
     )
 
 
@@ -465,6 +564,7 @@ def _write_server_run(conn: Connection, run: ServerRun) -> None:
         "changed": run.changed,
         "n_wrong_server": run.wrong_server,
         "asterisk_version": (run.asterisk_version or None),
+        "observed_at": run.observed_at or run.at,
     }
     for kind, column in schema.COUNT_COLUMNS.items():
         row[column] = run.counts.get(kind, 0)
@@ -498,9 +598,152 @@ def write_plan(
                 s.server_id == server_id, s.device_id.in_(list(chunk))
             )
         )
+    write_history(conn, plan.transitions)
     _write_wrong_server(conn, server_id, wrong, now)
     _write_server_run(conn, run)
     return changed
+
+
+def write_event_plan(conn: Connection, server_id: int, plan: Plan) -> int:
+    """What a batch of PeerStatus events changes, inside the caller's transaction."""
+    changed = write_reg_statuses(conn, server_id, plan.reg_status_changes)
+    write_states(conn, plan.state_changes)
+    write_history(conn, plan.transitions)
+    return changed
+
+
+_HISTORY_COLUMNS = (
+    "device_id",
+    "server_id",
+    "at",
+    "from_status",
+    "to_status",
+    "reg_status",
+    "latency_ms",
+    "source",
+)
+
+
+def write_history(conn: Connection, transitions: Sequence[Transition]) -> None:
+    """Append one ``mor_regstatus_history`` row per change of bullet colour."""
+    if not transitions:
+        return
+    rows = [
+        (
+            t.device_id,
+            t.server_id,
+            t.at,
+            t.from_status,
+            t.to_status,
+            t.reg_status,
+            t.latency_ms,
+            t.source,
+        )
+        for t in transitions
+    ]
+    if _is_mysql(conn):
+        statement = (
+            f"INSERT INTO {schema.history.name} ({', '.join(_HISTORY_COLUMNS)}) "
+            f"VALUES ({', '.join(['%s'] * len(_HISTORY_COLUMNS))})"
+        )
+        for chunk in _chunks(rows, BATCH):
+            conn.exec_driver_sql(statement, list(chunk))
+        return
+    for chunk in _chunks(rows, CHUNK):
+        conn.execute(schema.history.insert(), [dict(zip(_HISTORY_COLUMNS, row)) for row in chunk])
+
+
+# --- latency samples and purging ----------------------------------------------------
+
+#: At most one latency sample per device this often (seconds).
+LATENCY_EVERY = 300
+#: Hours of latency samples kept.
+LATENCY_HOURS = 24
+#: A row's samples stop growing here (the column holds 2000 characters).
+_SAMPLES_FULL = 1980
+#: Rows per purge statement: short statements, short locks.
+PURGE_CHUNK = 5000
+
+
+def latency_due(previous_run: Optional[datetime], now: datetime) -> bool:
+    """Whether this poll samples latencies: the first poll in each 5-minute slot does."""
+    if previous_run is None:
+        return True
+    slot = LATENCY_EVERY
+    return int(previous_run.timestamp()) // slot != int(now.timestamp()) // slot
+
+
+def write_latency_samples(conn: Connection, at: datetime, samples: Sequence[int]) -> int:
+    """Append ``<second of the hour>:<ms>`` to each device's row for the hour of ``at``.
+
+    ``samples`` is flat: device_id, ms, device_id, ms, ... One multi-row upsert per
+    batch on MySQL (PyMySQL batches executemany); returns the samples written.
+    """
+    if not samples:
+        return 0
+    hour = at.replace(minute=0, second=0, microsecond=0)
+    offset = int((at - hour).total_seconds())
+    table = schema.latency.name
+    if _is_mysql(conn):
+        statement = (
+            f"INSERT INTO {table} (device_id, hour, samples) VALUES (%s, %s, %s) "
+            "ON DUPLICATE KEY UPDATE samples = IF(CHAR_LENGTH(samples) > "
+            f"{_SAMPLES_FULL}, samples, CONCAT(samples, ' ', VALUES(samples)))"
+        )
+    else:
+        statement = (
+            f"INSERT INTO {table} (device_id, hour, samples) VALUES (?, ?, ?) "
+            "ON CONFLICT (device_id, hour) DO UPDATE SET samples = CASE WHEN "
+            f"length(samples) > {_SAMPLES_FULL} THEN samples "
+            "ELSE samples || ' ' || excluded.samples END"
+        )
+        hour_value: Any = hour.strftime("%Y-%m-%d %H:%M:%S.000000")  # SQLAlchemy's format
+    pairs = len(samples) // 2
+    step = BATCH * 2
+    for start in range(0, pairs * 2, step):
+        chunk = samples[start : start + step]
+        rows = [
+            (chunk[i], hour if _is_mysql(conn) else hour_value, f"{offset}:{chunk[i + 1]}")
+            for i in range(0, len(chunk), 2)
+        ]
+        conn.exec_driver_sql(statement, rows)
+    return pairs
+
+
+def purge_old(engine: Engine, now: datetime, history_days: float) -> tuple[int, int]:
+    """Delete history older than ``history_days`` and latency hours older than 24 h.
+
+    Cheap when there is nothing to do (one index lookup per table), chunked when
+    there is (each chunk its own short transaction). Returns (history, latency)
+    rows deleted.
+    """
+    h, lat = schema.history.c, schema.latency.c
+    history_cutoff = now - timedelta(days=history_days)
+    latency_cutoff = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=LATENCY_HOURS)
+    deleted = []
+    for table, column, cutoff in (
+        (schema.history, h.at, history_cutoff),
+        (schema.latency, lat.hour, latency_cutoff),
+    ):
+        total = 0
+        with engine.connect() as conn:
+            oldest = conn.execute(select(func.min(column))).scalar()
+        if oldest is not None and oldest < cutoff:
+            while True:
+                with engine.begin() as conn:
+                    if _is_mysql(conn):
+                        result = conn.execute(
+                            delete(table)
+                            .where(column < cutoff)
+                            .with_dialect_options(mysql_limit=PURGE_CHUNK)
+                        )
+                    else:
+                        result = conn.execute(delete(table).where(column < cutoff))
+                total += result.rowcount
+                if result.rowcount < PURGE_CHUNK:
+                    break
+        deleted.append(total)
+    return deleted[0], deleted[1]
 
 
 def record_failure(engine: Engine, server_id: int, now: datetime, message: str) -> None:
@@ -531,12 +774,185 @@ def record_failure(engine: Engine, server_id: int, now: datetime, message: str) 
         log.warning("could not record the failure in the database: %s", describe_db_error(err))
 
 
-def in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """Run ``work`` in one transaction; a deadlock or lock-wait timeout gets one more try."""
+# --- the event listener, notifications, metrics ----------------------------------
+
+
+def write_listener_state(engine: Engine, server_id: int, connected: bool, now: datetime) -> None:
+    """Record the listener's heartbeat; ``listener_since`` moves when ``connected`` flips.
+
+    Creates the server's summary row if no poll has written one yet.
+    """
+    st = schema.server_state.c
+    flipped = (st.listener_connected != connected) | st.listener_since.is_(None)
+    statement = (
+        update(schema.server_state)
+        .where(st.server_id == server_id)
+        # MySQL assigns left to right: listener_since must see the old listener_connected
+        .ordered_values(
+            (st.listener_since, case((flipped, now), else_=st.listener_since)),
+            (st.listener_connected, connected),
+            (st.listener_seen, now),
+        )
+    )
+    with engine.begin() as conn:
+        if conn.execute(statement).rowcount:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    schema.server_state.insert().values(
+                        server_id=server_id,
+                        last_run=now,
+                        last_success=None,
+                        result="no poll yet",
+                        duration_ms=0,
+                        peers=0,
+                        changed=0,
+                        listener_connected=connected,
+                        listener_seen=now,
+                        listener_since=now,
+                    )
+                )
+        except IntegrityError:  # the poll created it meanwhile
+            conn.execute(statement)
+
+
+@dataclass(frozen=True)
+class AlertDevice:
+    """What a webhook message says about a device."""
+
+    id: int
+    name: str
+    user_id: int
+    reg_status: Optional[str]
+
+
+def alert_devices(
+    conn: Connection, device_ids: Iterable[int], user_ids: Sequence[int], only_ids: Sequence[int]
+) -> dict[int, AlertDevice]:
+    """Those of ``device_ids`` that a notification rule matches (owner or device id)."""
+    d = schema.devices.c
+    rule = d.user_id.in_(list(user_ids)) | d.id.in_(list(only_ids))
+    query = select(d.id, d.name, d.user_id, d.reg_status).where(
+        d.id.in_(bindparam("ids", expanding=True)), rule
+    )
+    found: dict[int, AlertDevice] = {}
+    for chunk in _chunks(sorted(set(device_ids)), CHUNK):
+        for row in conn.execute(query, {"ids": list(chunk)}):
+            found[row[0]] = AlertDevice(row[0], row[1], row[2], row[3])
+    return found
+
+
+def load_notified(conn: Connection, device_ids: Iterable[int]) -> dict[int, Notified]:
+    n = schema.notified.c
+    query = select(n.device_id, n.last_status, n.last_sent, n.window_start, n.sent_in_window).where(
+        n.device_id.in_(bindparam("ids", expanding=True))
+    )
+    found: dict[int, Notified] = {}
+    for chunk in _chunks(sorted(set(device_ids)), CHUNK):
+        for row in conn.execute(query, {"ids": list(chunk)}):
+            found[row[0]] = Notified(row[0], row[1], row[2], row[3], row[4])
+    return found
+
+
+def notified_with_status(conn: Connection, server_id: int) -> list[tuple[Notified, str]]:
+    """Every dampening row of this server's devices, with the device's current bullet."""
+    n, s = schema.notified.c, schema.device_state.c
+    rows = conn.execute(
+        select(n.device_id, n.last_status, n.last_sent, n.window_start, n.sent_in_window, s.status)
+        .join_from(schema.notified, schema.device_state, n.device_id == s.device_id)
+        .where(s.server_id == server_id)
+    )
+    return [(Notified(r[0], r[1], r[2], r[3], r[4]), r[5]) for r in rows]
+
+
+def write_notified(conn: Connection, rows: Sequence[Notified]) -> None:
+    _upsert(
+        conn,
+        schema.notified,
+        [
+            {
+                "device_id": r.device_id,
+                "last_status": r.last_status,
+                "last_sent": r.last_sent,
+                "window_start": r.window_start,
+                "sent_in_window": r.sent_in_window,
+            }
+            for r in rows
+        ],
+        ("device_id",),
+    )
+
+
+@dataclass(frozen=True)
+class ServerMetrics:
+    """The aggregates the textfile exports for one server."""
+
+    server_id: int
+    counts: dict[str, int]
+    flapping: int
+    last_run: Optional[datetime]
+    last_success: Optional[datetime]
+    result: Optional[str]
+    duration_ms: int
+    peers: int
+    wrong_server: int
+    listener_connected: bool
+    listener_seen: Optional[datetime]
+
+
+def server_metrics(conn: Connection, server_id: int) -> ServerMetrics:
+    st, s = schema.server_state.c, schema.device_state.c
+    row = conn.execute(select(schema.server_state).where(st.server_id == server_id)).first()
+    flapping = conn.execute(
+        select(func.count()).where(s.server_id == server_id, s.flapping.is_(True))
+    ).scalar()
+    values = row._mapping if row is not None else {}
+    return ServerMetrics(
+        server_id=server_id,
+        counts={kind: int(values.get(col) or 0) for kind, col in schema.COUNT_COLUMNS.items()},
+        flapping=int(flapping or 0),
+        last_run=values.get("last_run"),
+        last_success=values.get("last_success"),
+        result=values.get("result"),
+        duration_ms=int(values.get("duration_ms") or 0),
+        peers=int(values.get("peers") or 0),
+        wrong_server=int(values.get("n_wrong_server") or 0),
+        listener_connected=bool(values.get("listener_connected")),
+        listener_seen=values.get("listener_seen"),
+    )
+
+
+def write_lock_name(server_id: int) -> str:
+    """The MySQL named lock that the poll and the event listener of a server share."""
+    return f"mor_regstatus_write_{server_id}"
+
+
+def in_transaction(
+    engine: Engine,
+    work: Callable[[Connection], T],
+    *,
+    lock: Optional[str] = None,
+    lock_timeout: float = 30.0,
+) -> T:
+    """Run ``work`` in one transaction; a deadlock or lock-wait timeout gets one more try.
+
+    With ``lock`` (MySQL/MariaDB) the transaction runs under that named lock
+    (``GET_LOCK``), taken before the transaction's first read: the poll and the
+    event listener of one server then never interleave, and each reads what the
+    other committed last. A lock not obtained within ``lock_timeout`` is logged
+    and the work runs anyway (the observation-time rule still guards each row).
+    """
     for attempt in (1, 2):
         try:
-            with engine.begin() as conn:
-                return work(conn)
+            with engine.connect() as conn:
+                locked = _get_lock(conn, lock, lock_timeout)
+                try:
+                    with conn.begin():
+                        return work(conn)
+                finally:
+                    if locked:
+                        _release_lock(conn, lock or "")
         except DBAPIError as err:
             code = getattr(getattr(err, "orig", None), "args", (None,))[0]
             if attempt == 1 and code in RETRYABLE_MYSQL_ERRORS:
@@ -544,3 +960,22 @@ def in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
                 continue
             raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _get_lock(conn: Connection, name: Optional[str], timeout: float) -> bool:
+    if name is None or not _is_mysql(conn):
+        return False
+    got = conn.exec_driver_sql("SELECT GET_LOCK(%s, %s)", (name, max(0, int(timeout)))).scalar()
+    conn.commit()  # end the implicit transaction: the work's snapshot starts after the lock
+    if got != 1:
+        log.warning("named lock %s not obtained within %g s; writing without it", name, timeout)
+        return False
+    return True
+
+
+def _release_lock(conn: Connection, name: str) -> None:
+    try:
+        conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (name,))
+        conn.commit()
+    except SQLAlchemyError as err:  # the session is gone, and its lock with it
+        log.debug("RELEASE_LOCK failed: %s", describe_db_error(err))

@@ -130,6 +130,13 @@ def serving(host: str) -> Iterator[tuple[str, LateApp]]:
         thread.join(10)
 
 
+@pytest.fixture(autouse=True)
+def fresh_now() -> None:
+    """NOW is this test's start, not the suite's: the data must not look stale."""
+    global NOW
+    NOW = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
 def fill(db: MorDatabase) -> None:
     schema.own_metadata.create_all(db.engine)
     db.add_server(1, hostname="ast-one")
@@ -227,7 +234,9 @@ def sites(mor_db: MorDatabase) -> Iterator[Sites]:
 def browser() -> Iterator[Any]:
     executable = chromium_path()
     if not Path(executable).exists():
-        pytest.fail(f"chromium is not installed at {executable} -- run make test as root to install it")
+        pytest.fail(
+            f"chromium is not installed at {executable}: run make test as root to install it"
+        )
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium

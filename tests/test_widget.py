@@ -11,7 +11,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from html import unescape
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from conftest import MorDatabase
@@ -62,8 +62,16 @@ def _no_widget_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(key, raising=False)
 
 
-def fill_world(db: MorDatabase, last_success: datetime = NOW) -> None:
+@pytest.fixture(autouse=True)
+def fresh_now() -> None:
+    """NOW is this test's start: "just now" and "2 h ago" must not drift with the suite's age."""
+    global NOW
+    NOW = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+def fill_world(db: MorDatabase, last_success: Optional[datetime] = None) -> None:
     """Two servers, users 2 and 3, every status, collector state and a wrong-server sighting."""
+    last_success = last_success or NOW
     schema.own_metadata.create_all(db.engine)
     db.add_server(1, hostname="ast-one")
     db.add_server(2, hostname="ast-two")
