@@ -255,7 +255,7 @@ def _asterisk_sections(text: str) -> list[_Section]:
 
     Understands ``[name]``, templates ``[name](!)``, inheritance ``[name](tpl1,tpl2)``,
     ``[name](+)`` (adds to an earlier section) and ``key = value`` / ``key => value``.
-    ``#include``/``#exec`` lines are ignored (the files they name are not read).
+    ``#include`` lines must have been expanded (``_with_includes``); ``#exec`` is ignored.
     """
     sections: list[_Section] = []
     current: Optional[_Section] = None
@@ -285,6 +285,31 @@ def _asterisk_sections(text: str) -> list[_Section]:
             continue
         current.values[key.strip().lower()] = value.removeprefix(">").strip()
     return sections
+
+
+_INCLUDE = re.compile(r'\s*#include\s+"?([^"]+?)"?\s*$')
+
+
+def _with_includes(path: Path, text: str, depth: int = 0) -> str:
+    """``text`` with each ``#include "pattern"`` replaced by the files it names, as Asterisk
+    does (relative to the including file's folder; ``manager.d/*.conf`` holds the project's
+    own least-privilege user). Unreadable files and deeper nesting than 3 are skipped."""
+    lines = []
+    for line in text.splitlines():
+        match = _INCLUDE.match(line)
+        if not match:
+            lines.append(line)
+            continue
+        if depth >= 3:
+            continue
+        pattern = match.group(1).strip()
+        base = path.parent if not pattern.startswith("/") else Path("/")
+        for included in sorted(base.glob(pattern.lstrip("/"))):
+            try:
+                lines.append(_with_includes(included, _read_text(included), depth + 1))
+            except OSError:
+                continue
+    return "\n".join(lines)
 
 
 def _read_text(path: Path) -> str:
@@ -321,8 +346,12 @@ def _parse_manager(text: str) -> _Manager:
             general.update(section.values)
         elif not section.template and section.values.get("secret"):
             users.append((section.name, section.values["secret"]))
-    preferred = [user for user in users if user[0].lower() == "mor"]
-    chosen = (preferred or users)[:1]
+    # the project's own least-privilege user first, then MOR's usual one, then any
+    chosen = (
+        [user for user in users if user[0].lower() == "mor_regstatus"]
+        or [user for user in users if user[0].lower() == "mor"]
+        or users
+    )[:1]
     return _Manager(
         username=chosen[0][0] if chosen else None,
         secret=chosen[0][1] if chosen else None,
@@ -343,13 +372,15 @@ def _port(text: Optional[str]) -> Optional[int]:
 def read_manager_conf(path: Path) -> tuple[Optional[str], Optional[str], Optional[int]]:
     """``(username, secret, port)`` from Asterisk's ``manager.conf``.
 
-    The user is the section ``[mor]`` when it has a non-empty ``secret``, else the first
-    user section (not ``[general]``, not a template) that has one; ``(None, None)`` when
-    there is none. ``port`` is ``[general] port``, ``None`` when absent or not a port.
-    A missing file gives ``(None, None, None)``; other read errors raise ``OSError``.
+    ``#include`` lines are followed. The user is the section ``[mor_regstatus]`` (the
+    least-privilege user the Ansible role can install in ``manager.d/``), else ``[mor]``,
+    when it has a non-empty ``secret``, else the first user section (not ``[general]``,
+    not a template) that has one; ``(None, None)`` when there is none. ``port`` is
+    ``[general] port``, ``None`` when absent or not a port. A missing file gives
+    ``(None, None, None)``; other read errors raise ``OSError``.
     """
     try:
-        text = _read_text(path)
+        text = _with_includes(path, _read_text(path))
     except FileNotFoundError:
         return None, None, None
     manager = _parse_manager(text)
@@ -539,7 +570,7 @@ def _ami(values: _Values, manager_conf: Path, warnings: list[str]) -> _Ami:
 
 def _load_manager(path: Path, warnings: list[str]) -> Optional[_Manager]:
     try:
-        text = _read_text(path)
+        text = _with_includes(path, _read_text(path))
     except FileNotFoundError:
         return None
     except OSError as err:

@@ -495,3 +495,28 @@ def test_command_line_paths_win_over_mor_conf(etc: Path) -> None:
         etc / "cli.json",
         etc / "cli.lock",
     )
+
+
+def test_manager_conf_includes_are_followed_and_the_projects_own_user_wins(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "manager.d").mkdir()
+    (tmp_path / "manager.conf").write_text(
+        "[general]\nenabled = yes\nport = 5039\n\n[mor]\nsecret = morsecret\n\n"
+        '#include "manager.d/*.conf"\n'
+    )
+    (tmp_path / "manager.d" / "mor_regstatus.conf").write_text(
+        "[mor_regstatus]\nsecret = least-privilege\nread = system,reporting\n"
+    )
+    assert read_manager_conf(tmp_path / "manager.conf") == (
+        "mor_regstatus",
+        "least-privilege",
+        5039,
+    )
+
+
+def test_an_include_of_nothing_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "manager.conf").write_text(
+        "[general]\nport = 5038\n#include manager.d/*.conf\n[mor]\nsecret = s\n"
+    )
+    assert read_manager_conf(tmp_path / "manager.conf") == ("mor", "s", 5038)
