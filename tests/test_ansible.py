@@ -269,6 +269,7 @@ def collector_vars(root: Path, wheelhouse: Path, **more: Any) -> dict[str, Any]:
     return {
         "mor_install_root": str(root),
         "mor_retrieve_peers_pip_extra_args": f"--no-index --find-links {wheelhouse}",
+        "mor_retrieve_peers_manage_service": False,  # no systemd here
         **more,
     }
 
@@ -304,7 +305,7 @@ def collector(
     fleet_db: MorDatabase,
     sim: AmiSimulator,
 ) -> Installed:
-    """collector.yml run twice on a MOR server's files.
+    """collector.yml run twice on a MOR server's files, with the event listener's unit.
 
     Both runs install the session's wheel, so that an edit of the checkout between the
     two runs (while developers work) cannot make the second run change; the role's own
@@ -313,7 +314,10 @@ def collector(
     root = tmp_path_factory.mktemp("collector") / "root"
     mor_files = seed_mor_server(root, fleet_db.url, sim.port)
     extra = collector_vars(
-        root, wheelhouse, mor_retrieve_peers_wheel_file=project_wheel(wheelhouse)
+        root,
+        wheelhouse,
+        mor_retrieve_peers_wheel_file=project_wheel(wheelhouse),
+        mor_retrieve_peers_watch=True,
     )
     first = ansible.playbook("collector.yml", extra)
     assert first.rc == 0, first.out[-4000:]
@@ -396,6 +400,21 @@ def test_argument_specs_document_every_default(role: str) -> None:
         ),
         ("widget.yml", "mor_status_widget_port", "http", "unable to convert to int"),
         ("widget.yml", "mor_status_widget_web_servers", ["lighttpd"], "must be one or more of"),
+        ("collector.yml", "mor_retrieve_peers_watch", "sometimes", "unable to convert to bool"),
+        (
+            "collector.yml",
+            "mor_retrieve_peers_manage_service",
+            "perhaps",
+            "unable to convert to bool",
+        ),
+        (
+            "widget.yml",
+            "mor_status_widget_metrics_allow",
+            {"net": "10.0.0.0/8"},
+            "unable to convert to list",
+        ),
+        ("widget.yml", "mor_status_widget_cache_seconds", "soon", "unable to convert to float"),
+        ("widget.yml", "mor_status_widget_cache_seconds", 90, "between 0 and 60"),
     ],
 )
 def test_a_wrong_variable_is_refused_before_any_task_runs(
@@ -515,8 +534,110 @@ def test_local_fact_reports_the_install_and_the_last_run(
     assert fact["server_id"] == 1
     assert fact["debug"] is False
     assert fact["launcher_ok"] is True
+    assert fact["watch"] is True
     assert fact["counts"]["ok"] == 1 and fact["counts"]["unreachable"] == 1
     assert 0 <= fact["last_run_age_s"] < 300
+
+
+def listener_unit(root: Path) -> Path:
+    return root / "etc/systemd/system/mor-retrieve-peers-watch.service"
+
+
+def test_listener_unit_is_hardened_and_runs_with_the_launchers_paths(
+    collector: Installed,
+) -> None:
+    root = collector.root
+    unit = listener_unit(root).read_text()
+    assert unit.startswith("#\n# Ansible managed\n")
+    exec_start = re.search(r"^ExecStart=(.+)$", unit, re.M)
+    assert exec_start
+    assert shlex.split(exec_start.group(1)) == [
+        f"{root}/opt/mor-regstatus/venv/bin/mor-retrieve-peers",
+        "--watch",
+        "--config",
+        f"{root}/var/lib/asterisk/agi-bin/mor.conf",
+        "--log-file",
+        f"{root}/var/log/mor/ami_debug.log",
+        "--state-file",
+        f"{root}/var/lib/mor-regstatus/state.json",
+        "--lock-file",
+        f"{root}/var/lib/mor-regstatus/mor_retrieve_peers.lock",
+    ]
+    # the same files as the cron poll's launcher
+    launcher = (root / "usr/local/mor/mor_retrieve_peers").read_text()
+    for path in shlex.split(exec_start.group(1))[3::2]:
+        assert f" {path} " in launcher, path
+    for line in (
+        "After=asterisk.service network-online.target mariadb.service mysqld.service",
+        "User=root",
+        "Restart=on-failure",
+        "RestartSec=5",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        f"ReadWritePaths={root}/var/log/mor {root}/var/lib/mor-regstatus",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "WantedBy=multi-user.target",
+    ):
+        assert line + "\n" in unit, line
+
+
+def test_listener_started_as_its_unit_says_holds_its_own_lock_and_stops_on_sigterm(
+    collected: Installed, tmp_path: Path
+) -> None:
+    """The unit's ExecStart as systemd would run it; systemd's stop is a SIGTERM."""
+    unit = listener_unit(collected.root).read_text()
+    exec_start = re.search(r"^ExecStart=(.+)$", unit, re.M)
+    assert exec_start
+    watch_lock = collected.root / "var/lib/mor-regstatus/mor_retrieve_peers.lock.watch"
+    log = collected.root / "var/log/mor/ami_debug.log"
+    logged_before = log.stat().st_size
+    with (tmp_path / "listener.out").open("wb") as out:
+        listener = subprocess.Popen(
+            shlex.split(exec_start.group(1)), cwd="/", stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while "listener started" not in log.read_text()[logged_before:]:
+            assert listener.poll() is None, (tmp_path / "listener.out").read_text()
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+        assert watch_lock.exists()
+        # the cron poll runs beside it
+        poll = subprocess.run(
+            [str(collected.root / "usr/local/mor/mor_retrieve_peers"), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert poll.returncode == 0, poll.stdout + poll.stderr
+        assert "holds" not in poll.stdout
+    finally:
+        listener.terminate()
+        code = listener.wait(timeout=20)
+    assert code == 0, (tmp_path / "listener.out").read_text()
+
+
+def test_turning_the_listener_off_removes_its_unit(collector: Installed, ansible: Ansible) -> None:
+    unit = listener_unit(collector.root)
+    saved = unit.read_bytes()
+    fact = collector.root / "etc/ansible/facts.d/mor_registration_status.fact"
+    try:
+        off = ansible.playbook(
+            "collector.yml",
+            {**collector.vars, "mor_retrieve_peers_watch": False},
+            "--tags",
+            "mor_retrieve_peers_configure",
+        )
+        assert off.rc == 0, off.out[-3000:]
+        assert off.changed_tasks == ["mor_retrieve_peers : Remove the listener's unit"]
+        assert not unit.exists()
+        shown = subprocess.run([str(fact)], capture_output=True, text=True, check=True)
+        assert json.loads(shown.stdout)["watch"] is False
+    finally:
+        unit.write_bytes(saved)  # what the shared install left (no systemd to tell)
+        unit.chmod(0o644)
 
 
 def test_the_fact_prints_json_when_the_state_file_is_broken(collected: Installed) -> None:
@@ -615,12 +736,15 @@ def test_uninstall_gives_mor_back_its_own_files(
     root = tmp_path / "root"
     files = seed_mor_server(root, fleet_db.url, sim.port)
     extra = {
-        **collector_vars(root, wheelhouse, mor_retrieve_peers_migrate=False),
+        **collector_vars(
+            root, wheelhouse, mor_retrieve_peers_migrate=False, mor_retrieve_peers_watch=True
+        ),
         **widget_vars(root, wheelhouse, fleet_db.url),
     }
     installed = ansible.playbook("site.yml", extra)
     assert installed.rc == 0, installed.out[-4000:]
     assert (root / "opt/mor-status-widget/venv/bin/gunicorn").exists()
+    assert listener_unit(root).exists()
 
     removed = ansible.playbook("uninstall.yml", extra)
     assert removed.rc == 0, removed.out[-4000:]
@@ -648,6 +772,8 @@ def widget(
         fleet_db.url,
         mor_status_widget_port=free_port(),
         mor_status_widget_wheel_file=project_wheel(wheelhouse),
+        mor_status_widget_metrics_allow=["127.0.0.1", "::1", "10.0.0.0/24"],
+        mor_status_widget_cache_seconds=0.5,
     )
     first = ansible.playbook("widget.yml", extra)
     assert first.rc == 0, first.out[-4000:]
@@ -671,6 +797,8 @@ def test_widget_env_file_is_private_and_holds_the_settings(
     assert re.fullmatch(r"[A-Za-z0-9]{48}", env["MOR_WIDGET_SECRET"])
     assert env["MOR_WIDGET_FRAME_ANCESTORS"] == "'self'"
     assert env["MOR_WIDGET_STALE_AFTER"] == "180"
+    assert env["MOR_WIDGET_METRICS_ALLOW"] == "127.0.0.1 ::1 10.0.0.0/24"
+    assert env["MOR_WIDGET_CACHE_SECONDS"] == "0.5"
 
 
 def test_widget_unit_is_hardened_and_listens_on_loopback(widget: Installed) -> None:
