@@ -200,24 +200,27 @@ def load_devices(conn: Connection, server_id: int) -> list[Device]:
     return [Device(id=row[0], name=row[1], reg_status=shared(row[2])) for row in rows]
 
 
+def _state_query() -> Any:
+    """The kept state's columns, in the order ``_state_from_row`` reads them."""
+    s = schema.device_state.c
+    return select(
+        s.device_id,
+        s.server_id,
+        s.status,
+        s.since,
+        s.last_seen,
+        s.unreachable_since,
+        s.ip,
+        s.port,
+        s.flapping,
+        s.flapping_since,
+        s.observed_at,
+    )
+
+
 def load_states(conn: Connection, server_id: int) -> dict[int, DeviceState]:
     s = schema.device_state.c
-    rows = _streamed(
-        conn,
-        select(
-            s.device_id,
-            s.server_id,
-            s.status,
-            s.since,
-            s.last_seen,
-            s.unreachable_since,
-            s.ip,
-            s.port,
-            s.flapping,
-            s.flapping_since,
-            s.observed_at,
-        ).where(s.server_id == server_id),
-    )
+    rows = _streamed(conn, _state_query().where(s.server_id == server_id))
     shared = _Shared()
     return {row[0]: _state_from_row(row, shared) for row in rows}
 
@@ -256,19 +259,7 @@ def load_devices_named(conn: Connection, server_id: int, names: Iterable[str]) -
 def load_states_of(conn: Connection, device_ids: Iterable[int]) -> dict[int, DeviceState]:
     """The kept state of these devices (whatever server wrote it)."""
     s = schema.device_state.c
-    query = select(
-        s.device_id,
-        s.server_id,
-        s.status,
-        s.since,
-        s.last_seen,
-        s.unreachable_since,
-        s.ip,
-        s.port,
-        s.flapping,
-        s.flapping_since,
-        s.observed_at,
-    ).where(s.device_id.in_(bindparam("ids", expanding=True)))
+    query = _state_query().where(s.device_id.in_(bindparam("ids", expanding=True)))
     states: dict[int, DeviceState] = {}
     for chunk in _chunks(sorted(set(device_ids)), CHUNK):
         for row in conn.execute(query, {"ids": list(chunk)}):
