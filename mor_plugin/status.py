@@ -254,40 +254,14 @@ def plan_cycle(
     ``now`` (counts, not times: an outage moves 30 % of 100k devices); with
     ``flap`` the plan also sets and clears the flapping flag.
     """
-    # One entry per name; a list only for the rare names that several devices share.
-    by_name: dict[str, Device] = {}
-    shared_names: dict[str, list[Device]] = {}
-    for device in devices:
-        if device.name in by_name:
-            shared_names.setdefault(device.name, [by_name[device.name]]).append(device)
-        else:
-            by_name[device.name] = device
-
-    new_status: dict[int, Optional[str]] = {}
-    new_states: dict[int, DeviceState] = {}
-    unmatched: list[Peer] = []
+    # One pass over the devices, looking each one's peer up by name: no per-device
+    # maps besides the plan itself (100k devices are the bulk of a run's memory).
+    peer_by_name: dict[str, Peer] = {}
     listed = 0
     for peer in peers:
         listed += 1
-        single = by_name.get(peer.name)
-        if single is None:
-            unmatched.append(peer)
-            continue
-        for device in shared_names.get(peer.name) or (single,):
-            reg_status, unreachable_since = effective_status(
-                peer, states.get(device.id), now, unknown_after
-            )
-            new_status[device.id] = reg_status
-            new_states[device.id] = _next_state(
-                server_id,
-                device.id,
-                states.get(device.id),
-                reg_status,
-                unreachable_since,
-                peer.ip,
-                peer.port,
-                now,
-            )
+        peer_by_name[peer.name] = peer
+    matched: set[str] = set()
 
     counts = dict.fromkeys(KINDS, 0)
     reg_changes: list[tuple[int, Optional[str]]] = []
@@ -295,22 +269,28 @@ def plan_cycle(
     transitions: list[Transition] = []
     samples = array("q")
     skipped = 0
+    with_state = 0
     for device in devices:
         previous = states.get(device.id)
+        with_state += previous is not None
+        found = peer_by_name.get(device.name)
+        if found is not None:
+            matched.add(device.name)
         if previous is not None and previous.observed_at is not None and previous.observed_at > now:
             skipped += 1
             counts[kind_of(device.reg_status)] += 1
             continue
-        if device.id not in new_status:
-            new_status[device.id] = None
-            new_states[device.id] = _next_state(
-                server_id, device.id, previous, None, None, None, None, now
+        if found is None:
+            value: Optional[str] = None
+            state = _next_state(server_id, device.id, previous, None, None, None, None, now)
+        else:
+            value, unreachable_since = effective_status(found, previous, now, unknown_after)
+            state = _next_state(
+                server_id, device.id, previous, value, unreachable_since, found.ip, found.port, now
             )
-        value = new_status[device.id]
         counts[kind_of(value)] += 1
         if value != device.reg_status:
             reg_changes.append((device.id, value))
-        state = new_states[device.id]
         moved = False
         if previous is not None and previous.status != state.status:
             moved = True
@@ -326,12 +306,18 @@ def plan_cycle(
                 samples.append(device.id)
                 samples.append(ms)
 
+    unmatched = [peer for name, peer in peer_by_name.items() if name not in matched]
+    # kept states of devices gone from this server; usually none, so skip the set work
+    forgotten: tuple[int, ...] = ()
+    if with_state != len(states):
+        forgotten = tuple(sorted(set(states) - {device.id for device in devices}))
+
     return Plan(
         reg_status_changes=tuple(reg_changes),
         state_changes=tuple(state_changes),
         counts=counts,
         unmatched_peers=tuple(unmatched),
-        forgotten_device_ids=tuple(sorted(set(states) - {device.id for device in devices})),
+        forgotten_device_ids=forgotten,
         peers_listed=listed,
         transitions=tuple(transitions),
         latency_samples=samples,
