@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -176,6 +177,20 @@ def _single_run(lock_file: Path) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """A run builds a few hundred thousand small objects and no reference cycles worth
+    collecting; Python's cycle collector would walk them again and again (~12 % of a
+    100k run's CPU). Restored afterwards, for processes that run many times (the demo)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def write_state_file(path: Path, payload: dict[str, Any]) -> None:
@@ -518,7 +533,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     )
     previous_success = _previous_success(settings.state_file)
     try:
-        summary = collect(settings, dry_run=args.dry_run)
+        with _without_cyclic_gc():
+            summary = collect(settings, dry_run=args.dry_run)
     except RunFailed as err:
         log.error("run failed: %s", err)
         if not args.dry_run:
