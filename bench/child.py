@@ -50,6 +50,7 @@ def _collector(job: dict[str, Any]) -> Callable[[], dict[str, Any]]:
         log_file=tmp / "collector.log",
         state_file=tmp / "state.json",
         lock_file=tmp / "run.lock",
+        peer_source=job.get("peer_source", "auto"),
     )
 
     def run() -> dict[str, Any]:

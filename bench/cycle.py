@@ -12,6 +12,14 @@ Scenarios, all on server 1 with a tenth as many devices of server 2 beside:
 * ``outage``: from a settled database, 30 % of the peers go UNREACHABLE;
 * ``legacy``: the MOR algorithm (``bench.legacy``) on the cold data;
 * ``floor``: the AMI bytes of the list read and thrown away (``bench.floor``).
+
+PJSIP (up to ``PJSIP_MAX`` endpoints): the same devices served as PJSIP endpoints
+by an Asterisk 22 simulator (no chan_sip: ``peer_source = auto`` falls back to
+``PJSIPShowContacts``), about one in ten with a second contact:
+
+* ``pjsip_cold``: every status and own row (contacts too) cleared first;
+* ``pjsip_steady``: every reachable contact's round trip moves by up to ±3 ms;
+* ``pjsip_idle``: the same contacts twice; nothing to write.
 """
 
 from __future__ import annotations
@@ -28,7 +36,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from mor_plugin.simulator import AmiSimulator, SimPeer, realistic_peers, run_in_thread
+from mor_plugin.simulator import (
+    AmiSimulator,
+    SimPeer,
+    realistic_endpoints,
+    realistic_peers,
+    run_in_thread,
+)
 
 from . import db as benchdb
 
@@ -36,6 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 AMI_USER, AMI_SECRET = "mor", "bench-secret"
 OUTAGE_SHARE = 0.30
 COLLECTOR_MODES = ("cold", "steady", "idle", "outage")
+PJSIP_MODES = ("pjsip_cold", "pjsip_steady", "pjsip_idle")
+#: the largest size at which the PJSIP variant runs (the target is set at 10k endpoints)
+PJSIP_MAX = 10_000
 
 
 class ChildFailed(RuntimeError):
@@ -102,6 +119,18 @@ class CycleBench:
             self.fresh_peers(), username=AMI_USER, secret=AMI_SECRET, version="11", seed=n
         )
         self.root = benchdb.root_connection(database.name)
+        self.pjsip_sim = (
+            AmiSimulator(
+                [],
+                username=AMI_USER,
+                secret=AMI_SECRET,
+                version="22",
+                seed=n,
+                endpoints=realistic_endpoints(n, seed=n),
+            )
+            if n <= PJSIP_MAX
+            else None
+        )
 
     def fresh_peers(self) -> list[SimPeer]:
         return [replace(p) for p in self.baseline]
@@ -173,7 +202,34 @@ class CycleBench:
             if legacy_runs:
                 log(f"{self.n:>7} peers: legacy baseline ({legacy_runs} run(s))")
                 out["legacy"] = self.repeat(legacy_runs, self.cold_reset, self.job("legacy"))
+        if self.pjsip_sim is not None:
+            out.update(self.run_pjsip(runs, log))
         self.root.close()
+        return out
+
+    def run_pjsip(self, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
+        """The PJSIP variant: the same devices, listed as contacts by Asterisk 22."""
+        sim = self.pjsip_sim
+        assert sim is not None
+        out: dict[str, Any] = {}
+        with run_in_thread(sim):
+            job = self.job("collector", peer_source="auto")
+            job["ami"] = dict(job["ami"], port=sim.port)
+
+            def cold_reset() -> None:
+                sim.drift = False
+                benchdb.reset_statuses(self.root)
+
+            cold_reset()
+            run_child(job)  # warms up; not counted
+            log(f"{self.n:>7} endpoints: PJSIP collector cold")
+            out["pjsip_cold"] = self.repeat(runs, cold_reset, job)
+            log(f"{self.n:>7} endpoints: PJSIP collector steady")
+            sim.drift = True
+            out["pjsip_steady"] = self.repeat(runs, None, job)
+            log(f"{self.n:>7} endpoints: PJSIP collector idle")
+            sim.drift = False
+            out["pjsip_idle"] = self.repeat(runs, None, job)
         return out
 
     def profile(self, path: Path) -> None:

@@ -20,7 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 MOR_DDL = ROOT / "tests" / "mor_x5_tables.sql"
 SOCKET = "/run/mysqld/mysqld.sock"
 #: The project's own tables, emptied before every cold run.
-OWN_TABLES = ("mor_regstatus_devices", "mor_regstatus_servers", "mor_regstatus_wrong_server")
+OWN_TABLES = (
+    "mor_regstatus_devices",
+    "mor_regstatus_servers",
+    "mor_regstatus_wrong_server",
+    "mor_regstatus_contacts",
+)
 
 
 def root_connection(database: Optional[str] = None) -> pymysql.connections.Connection:

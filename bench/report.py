@@ -7,7 +7,17 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-MODES = ("floor", "cold", "steady", "idle", "outage", "legacy")
+MODES = (
+    "floor",
+    "cold",
+    "steady",
+    "idle",
+    "outage",
+    "legacy",
+    "pjsip_cold",
+    "pjsip_steady",
+    "pjsip_idle",
+)
 MODE_COLORS = {
     "floor": "tab:blue",
     "cold": "tab:orange",
@@ -15,6 +25,9 @@ MODE_COLORS = {
     "idle": "tab:gray",
     "outage": "tab:purple",
     "legacy": "tab:brown",
+    "pjsip_cold": "tab:red",
+    "pjsip_steady": "tab:olive",
+    "pjsip_idle": "tab:cyan",
 }
 MODE_LABELS = {
     "floor": "raw AMI floor",
@@ -23,6 +36,9 @@ MODE_LABELS = {
     "idle": "collector idle",
     "outage": "collector 30% outage",
     "legacy": "legacy MOR",
+    "pjsip_cold": "PJSIP cold",
+    "pjsip_steady": "PJSIP steady",
+    "pjsip_idle": "PJSIP idle",
 }
 
 
@@ -51,6 +67,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             cold10,
             None if cold10 is None else cold10 <= 1.0,
             "not measured" if cold10 is None else f"{cold10:.3f} s",
+        )
+    )
+    pjsip10 = at10k["pjsip_cold"]["wall_s"] if at10k and "pjsip_cold" in at10k else None
+    out.append(
+        _target(
+            "collector 10k PJSIP cold",
+            "<= 1 s median",
+            pjsip10,
+            None if pjsip10 is None else pjsip10 <= 1.0,
+            "not measured" if pjsip10 is None else f"{pjsip10:.3f} s",
         )
     )
     cold100 = at100k["cold"]["wall_s"] if at100k else None

@@ -6,15 +6,25 @@ Built on panoramisk, with three things panoramisk does not do by itself:
 * no retries: a refused login or a dropped connection fails the run at once
   (panoramisk would reconnect and log in again forever);
 * streaming: ``SIPpeers`` entries are parsed as they arrive instead of being
-  kept in the action's list of messages (100k peers would cost ~500 MB).
+  kept in the action's list of messages (100k peers would cost ~500 MB); so are
+  PJSIP's contact lists (``PJSIPShowContacts`` on 16+; ``PJSIPShowEndpoints`` plus
+  one pipelined ``PJSIPShowEndpoint`` per endpoint with contacts on 13-15).
+
+``peer_source`` picks the channel driver: ``sip`` (chan_sip's ``SIPpeers``),
+``pjsip``, ``both`` (a server running both drivers; a missing one is skipped) or
+``auto`` (``SIPpeers``, and PJSIP when Asterisk does not know ``SIPpeers`` --
+Asterisk 21+ or chan_sip not loaded -- or when chan_sip lists no peer at all).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +35,7 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
+from .pjsip import Contact, contact_from_fields
 from .status import Peer, format_uptime, peer_from_fields
 
 log = logging.getLogger(__name__)
@@ -44,6 +55,14 @@ class AmiAuthError(AmiError):
 
 class NoChanSipError(AmiError):
     """Asterisk has no chan_sip (``SIPpeers`` is an unknown command: Asterisk 21 and later)."""
+
+
+class NoPjsipError(AmiError):
+    """Asterisk has no res_pjsip (its manager actions are unknown commands)."""
+
+
+#: The values of mor.conf's ``peer_source``.
+PEER_SOURCES = ("auto", "sip", "pjsip", "both")
 
 
 @dataclass(frozen=True)
@@ -68,8 +87,13 @@ class ServerInfo:
 
 @dataclass(frozen=True)
 class PeerList:
+    #: chan_sip's peers (empty when chan_sip was not read)
     peers: list[Peer]
     info: ServerInfo
+    #: every PJSIP contact; None when PJSIP was not read
+    contacts: Optional[list[Contact]] = None
+    #: the drivers read: "sip", "pjsip" or "sip+pjsip"
+    source: str = "sip"
 
 
 class _Protocol(AMIProtocol):  # type: ignore[misc]
@@ -82,6 +106,7 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
     """
 
     peer_list: Optional[_PeerListAction] = None
+    stream: Optional[_PjsipStream] = None
     version: Optional[str]  # set by panoramisk on connect; the banner's AMI version
 
     def data_received(self, data: bytes) -> None:
@@ -99,6 +124,9 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
             peer_list = self.peer_list
             if peer_list is not None and block.startswith("Event: PeerEntry"):
                 peer_list.add_entry(_fields(block))
+                continue
+            stream = self.stream
+            if stream is not None and stream.take(block):
                 continue
             message = Message.from_line(block)
             if message is not None:
@@ -322,7 +350,7 @@ def _check_list(endpoint: AmiEndpoint, action: _PeerListAction) -> None:
         if "invalid/unknown command" in message.lower():
             raise NoChanSipError(
                 "Asterisk does not know SIPpeers: chan_sip is not loaded "
-                "(removed in Asterisk 21) -- this collector reads chan_sip peers only"
+                "(removed in Asterisk 21) -- set peer_source = auto or pjsip in mor.conf"
             )
         if "permission denied" in message.lower():
             raise AmiError(
@@ -339,21 +367,274 @@ def _check_list(endpoint: AmiEndpoint, action: _PeerListAction) -> None:
         )
 
 
+# --- PJSIP ----------------------------------------------------------------------
+
+#: PJSIPShowEndpoint actions in flight at once (13-15): enough to keep Asterisk busy,
+#: few enough that a slow server is not flooded.
+PJSIP_WINDOW = 32
+
+
+@dataclass
+class _PjsipList:
+    """One list action of the PJSIP stream and what came back for it."""
+
+    action: str
+    endpoint: str = ""
+    first: Optional[dict[str, str]] = None
+    complete: Optional[dict[str, str]] = None
+    items: int = 0
+    done: bool = False
+
+
+class _PjsipStream:
+    """The PJSIP list actions of one run, written and read here, not by panoramisk.
+
+    Every message carrying one of this stream's ActionIDs (the second line of
+    every response and list event) is taken out of panoramisk's path: list
+    events are parsed as they arrive (only ``ContactList``, ``ContactStatusDetail``
+    and ``EndpointList``; the other detail events of ``PJSIPShowEndpoint`` are
+    counted and dropped) and no message is kept.
+    """
+
+    def __init__(self, write: Callable[[bytes], None], loop: asyncio.AbstractEventLoop) -> None:
+        self.prefix = f"mor-pjsip-{os.getpid()}-{id(self):x}-"
+        self._marker = "\r\nActionID: " + self.prefix
+        self._write = write
+        self._loop = loop
+        self._ids = itertools.count(1)
+        self.lists: dict[str, _PjsipList] = {}
+        self.contacts: list[Contact] = []
+        #: endpoints whose EndpointList names at least one contact (13-15)
+        self.with_contacts: list[str] = []
+        self.received = 0
+        self.last_activity = time.monotonic()
+        self.future: asyncio.Future[None] = loop.create_future()
+        self._queue: deque[str] = deque()
+        self._in_flight = 0
+
+    def send(self, action: str, endpoint: str = "") -> str:
+        action_id = f"{self.prefix}{next(self._ids)}"
+        self.lists[action_id] = _PjsipList(action, endpoint)
+        text = f"Action: {action}\r\nActionID: {action_id}\r\n"
+        if endpoint:
+            text += f"Endpoint: {endpoint}\r\n"
+        if wire_log.isEnabledFor(logging.DEBUG):
+            wire_log.debug("sent %r", text)
+        self._write((text + "\r\n").encode("utf-8"))
+        return action_id
+
+    def phase(self) -> None:
+        """Start waiting for the lists sent next."""
+        self.future = self._loop.create_future()
+        self.last_activity = time.monotonic()
+
+    def show_endpoints(self, names: list[str]) -> None:
+        """``PJSIPShowEndpoint`` for each name, at most PJSIP_WINDOW in flight."""
+        self._queue.extend(names)
+        self._pump()
+        self._maybe_done()
+
+    def _pump(self) -> None:
+        while self._queue and self._in_flight < PJSIP_WINDOW:
+            self._in_flight += 1
+            self.send("PJSIPShowEndpoint", self._queue.popleft())
+
+    def _maybe_done(self) -> None:
+        if self._queue or self._in_flight or self.future.done():
+            return
+        if all(state.done for state in self.lists.values()):
+            self.future.set_result(None)
+
+    def _finish(self, state: _PjsipList) -> None:
+        state.done = True
+        if state.action == "PJSIPShowEndpoint":
+            self._in_flight -= 1
+            self._pump()
+        self._maybe_done()
+
+    def take(self, block: str) -> bool:
+        """Handle ``block`` if it carries one of this stream's ActionIDs."""
+        at = block.find(self._marker, 0, 200)
+        if at < 0:
+            return False
+        start = at + 12
+        end = block.find("\r\n", start)
+        state = self.lists.get(block[start:] if end < 0 else block[start:end])
+        if state is None or state.done:
+            return True
+        self.last_activity = time.monotonic()
+        first_line = block[: block.find("\r\n")]
+        if first_line.startswith("Response:"):
+            state.first = _fields(block)
+            if state.first.get("Response", "").strip() != "Success":
+                self._finish(state)
+            return True
+        event = first_line[7:].strip()
+        if event == "ContactList" or event == "ContactStatusDetail":
+            state.items += 1
+            self.received += 1
+            contact = contact_from_fields(_fields(block), state.endpoint)
+            if contact is not None:
+                self.contacts.append(contact)
+        elif event == "EndpointList":
+            state.items += 1
+            self.received += 1
+            self._endpoint_entry(block)
+        elif event.endswith("Complete"):
+            state.complete = _fields(block)
+            self._finish(state)
+        return True
+
+    def _endpoint_entry(self, block: str) -> None:
+        name, has_contacts = "", False
+        for line in block.split("\r\n"):
+            if line.startswith("ObjectName: "):
+                name = line[12:].strip()
+            elif line.startswith("Contacts: ") and line[10:].strip(" ,"):
+                has_contacts = True  # one "Contacts:" line per AOR: "aor/uri,aor/uri,"
+        if name and has_contacts:
+            self.with_contacts.append(name)
+
+
+async def _await_stream(
+    manager: _Manager, endpoint: AmiEndpoint, stream: _PjsipStream, what: str
+) -> None:
+    """Wait for the stream's current phase: list_timeout in all, timeout of silence."""
+    deadline = time.monotonic() + endpoint.list_timeout
+    while not stream.future.done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AmiError(
+                f"{what} not complete within {endpoint.list_timeout:g} s "
+                f"({stream.received} entries received) -- raise ami_list_timeout for large servers"
+            )
+        silent_for = time.monotonic() - stream.last_activity
+        if silent_for >= endpoint.timeout:
+            raise AmiError(
+                f"Asterisk went silent for {endpoint.timeout:g} s in the middle of {what} "
+                f"({stream.received} entries received)"
+            )
+        done, _ = await asyncio.wait(
+            {stream.future, manager.closed_by_peer},
+            timeout=min(remaining, max(0.01, endpoint.timeout - silent_for)),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if manager.closed_by_peer in done and not stream.future.done():
+            raise AmiError(
+                f"Asterisk closed the AMI connection in the middle of {what} "
+                f"({stream.received} entries received)"
+            )
+
+
+def _pjsip_refusal(endpoint: AmiEndpoint, state: _PjsipList) -> Optional[str]:
+    """None when the list action succeeded; else Asterisk's message, or an AmiError."""
+    first = state.first or {}
+    if first.get("Response", "").strip() == "Success":
+        complete = state.complete or {}
+        listed = complete.get("ListItems", "").strip()
+        if state.action != "PJSIPShowEndpoint" and listed and listed != str(state.items):
+            raise AmiError(
+                f"{state.action} list is inconsistent: Asterisk announced ListItems {listed} "
+                f"but sent {state.items} entries"
+            )
+        return None
+    message = _one_line(first.get("Message", ""))
+    if "permission denied" in message.lower():
+        raise AmiError(
+            f"AMI user {endpoint.username!r} may not run {state.action} "
+            "-- give it 'read = system,reporting' in manager.conf"
+        )
+    return message or "no reason given"
+
+
+async def _pjsip_contacts(manager: _Manager, endpoint: AmiEndpoint) -> list[Contact]:
+    """Every PJSIP contact: ``PJSIPShowContacts`` (16+), else (13-15) ``PJSIPShowEndpoints``
+    and ``PJSIPShowEndpoint`` for each endpoint that has contacts."""
+    stream = _PjsipStream(manager.protocol.transport.write, asyncio.get_running_loop())
+    manager.protocol.stream = stream
+    try:
+        first = stream.send("PJSIPShowContacts")
+        await _await_stream(manager, endpoint, stream, "the PJSIPShowContacts list")
+        refused = _pjsip_refusal(endpoint, stream.lists[first])
+        if refused is None or "no contacts found" in refused.lower():
+            return stream.contacts
+        if "invalid/unknown command" not in refused.lower():
+            raise AmiError(f"PJSIPShowContacts failed: {refused}")
+        # Asterisk 13-15: no PJSIPShowContacts
+        stream.phase()
+        listing = stream.send("PJSIPShowEndpoints")
+        await _await_stream(manager, endpoint, stream, "the PJSIPShowEndpoints list")
+        refused = _pjsip_refusal(endpoint, stream.lists[listing])
+        if refused is not None:
+            if "no endpoints found" in refused.lower():
+                return []
+            if "invalid/unknown command" in refused.lower():
+                raise NoPjsipError(
+                    "Asterisk does not know PJSIPShowEndpoints: res_pjsip is not loaded"
+                )
+            raise AmiError(f"PJSIPShowEndpoints failed: {refused}")
+        stream.phase()
+        stream.show_endpoints(stream.with_contacts)
+        await _await_stream(manager, endpoint, stream, "the PJSIPShowEndpoint answers")
+        for state in stream.lists.values():
+            if state.action == "PJSIPShowEndpoint":
+                refused = _pjsip_refusal(endpoint, state)
+                if refused is not None:  # removed since it was listed
+                    log.debug("PJSIPShowEndpoint %s: %s", state.endpoint, refused)
+        return stream.contacts
+    finally:
+        manager.protocol.stream = None
+
+
+async def _read_sources(
+    manager: _Manager, endpoint: AmiEndpoint, source: str
+) -> tuple[list[Peer], Optional[list[Contact]], str]:
+    """chan_sip's peers and/or PJSIP's contacts, as ``source`` says."""
+    peers: list[Peer] = []
+    contacts: Optional[list[Contact]] = None
+    used = []
+    if source in ("sip", "auto", "both"):
+        try:
+            peers = await _sip_peers(manager, endpoint)
+            used.append("sip")
+        except NoChanSipError:
+            if source == "sip":
+                raise
+            log.debug("no chan_sip on this Asterisk; reading PJSIP")
+    # auto: chan_sip absent, or loaded but empty (16-20 load it by default even where every
+    # device moved to PJSIP)
+    if source in ("pjsip", "both") or not used or (source == "auto" and not peers):
+        try:
+            contacts = await _pjsip_contacts(manager, endpoint)
+            used.append("pjsip")
+        except NoPjsipError as err:
+            if not used:
+                raise NoPjsipError(
+                    f"{err} and chan_sip is not loaded either -- nothing to read"
+                    if source != "pjsip"
+                    else f"{err} -- set peer_source = sip or auto in mor.conf"
+                ) from None
+            if source == "both":
+                log.warning("peer_source = both, but %s; chan_sip only", err)
+    return peers, contacts, "+".join(used)
+
+
 async def _logoff(manager: _Manager) -> None:
     with contextlib.suppress(asyncio.TimeoutError, OSError, AttributeError):
         await asyncio.wait_for(asyncio.shield(_send(manager, {"Action": "Logoff"})), 1.0)
 
 
-async def fetch_peer_list(endpoint: AmiEndpoint) -> PeerList:
-    """One AMI conversation: login, version and uptime, the SIP peer list, logoff."""
+async def fetch_peer_list(endpoint: AmiEndpoint, source: str = "sip") -> PeerList:
+    """One AMI conversation: login, version and uptime, the SIP peer list and/or the PJSIP
+    contacts (``source``: one of PEER_SOURCES), logoff."""
     manager = await _connect(endpoint)
     try:
         await _login(manager, endpoint)
         info = await _server_info(manager, endpoint)
-        peers = await _sip_peers(manager, endpoint)
+        peers, contacts, used = await _read_sources(manager, endpoint, source)
         if not manager.closed_by_peer.done():
             await _logoff(manager)
-        return PeerList(peers=peers, info=info)
+        return PeerList(peers=peers, info=info, contacts=contacts, source=used)
     finally:
         manager.close()
 
@@ -361,14 +642,16 @@ async def fetch_peer_list(endpoint: AmiEndpoint) -> PeerList:
 async def open_event_session(
     endpoint: AmiEndpoint, on_event: Callable[[Mapping[str, str]], None]
 ) -> _Manager:
-    """Connect and log in with ``Events: system`` (chan_sip's PeerStatus is a system
-    event); ``on_event`` gets the fields of every ``PeerStatus``. The caller closes it.
+    """Connect and log in with ``Events: system`` (chan_sip's PeerStatus and PJSIP's
+    ContactStatus are system events); ``on_event`` gets the fields of every ``PeerStatus``
+    and ``ContactStatus``. The caller closes it.
 
     Raises AmiAuthError for a refused login (the caller must not retry it blindly).
     """
     manager = await _connect(endpoint)
     try:
         manager.register_event("PeerStatus", lambda _manager, message: on_event(message))
+        manager.register_event("ContactStatus", lambda _manager, message: on_event(message))
         await _login(manager, endpoint, events="system")
     except BaseException:
         manager.close()
@@ -393,6 +676,6 @@ def close(manager: _Manager) -> None:
     manager.close()
 
 
-def get_peer_list(endpoint: AmiEndpoint) -> PeerList:
+def get_peer_list(endpoint: AmiEndpoint, source: str = "sip") -> PeerList:
     """``fetch_peer_list`` for synchronous callers (the cron collector)."""
-    return asyncio.run(fetch_peer_list(endpoint))
+    return asyncio.run(fetch_peer_list(endpoint, source))

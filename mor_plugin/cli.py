@@ -31,7 +31,7 @@ from typing import IO, Any, Optional
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, notify, store, textfile
+from . import __version__, notify, pjsip, store, textfile
 from .ami import AmiEndpoint, AmiError, PeerList, get_peer_list
 from .config import ConfigError, Settings, load_settings
 from .status import (
@@ -271,7 +271,7 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
     try:
         endpoint = _endpoint(settings, engine)
         try:
-            listing: PeerList = get_peer_list(endpoint)
+            listing: PeerList = get_peer_list(endpoint, settings.peer_source)
             # the observation time: a device the listener wrote later is left alone
             observed = utc_now()
         except AmiError as err:
@@ -290,11 +290,19 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
                 ) from None
             if applied:
                 log.info("database migrated to version %s", applied[-1])
-        summary.peers = len(listing.peers)
+        # PJSIP: contacts by endpoint; they become peers once the qualify limits are read
+        grouped = (
+            pjsip.group_by_endpoint(listing.contacts) if listing.contacts is not None else None
+        )
+        summary.peers = len(listing.peers) + len(grouped or ())
         summary.asterisk_version = listing.info.asterisk_version
         log.debug(
-            "AMI listed %d peers (Asterisk %s, AMI %s)",
-            summary.peers,
+            "AMI listed %d chan_sip peers and %s PJSIP contacts of %d endpoints "
+            "(source %s, Asterisk %s, AMI %s)",
+            len(listing.peers),
+            "no" if listing.contacts is None else len(listing.contacts),
+            len(grouped or ()),
+            listing.source,
             listing.info.asterisk_version,
             listing.info.ami_version,
         )
@@ -317,9 +325,18 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
             sample = migrated and store.latency_due(
                 store.last_success(conn, settings.server_id), now
             )
+            peers = listing.peers
+            if grouped is not None:
+                qualify = store.load_qualify(conn, settings.server_id)
+                from_contacts = pjsip.peers_from_contacts(grouped, qualify)
+                peers = (
+                    pjsip.merge_sources(listing.peers, from_contacts)
+                    if listing.peers
+                    else from_contacts
+                )
             plan = plan_cycle(
                 settings.server_id,
-                listing.peers,
+                peers,
                 devices,
                 states,
                 observed,
@@ -329,6 +346,7 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
                 sample_latency=sample and not dry_run,
             )
             done["plan"] = plan
+            summary.peers = plan.peers_listed
             elsewhere = store.find_devices_elsewhere(
                 conn, [p.name for p in plan.unmatched_peers], settings.server_id
             )
@@ -353,6 +371,18 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
                 observed_at=observed,
             )
             summary.changed = store.write_plan(conn, settings.server_id, plan, wrong, now, run)
+            newer = {
+                device_id
+                for device_id, state in states.items()
+                if state.observed_at is not None and state.observed_at > observed
+            }
+            store.write_contacts(
+                conn,
+                settings.server_id,
+                pjsip.contact_sets(devices, grouped or {}),
+                now,
+                leave=newer,
+            )
             log.debug(
                 "SQL: %d reg_status changes, %d state rows, %d forgotten, %d wrong-server, "
                 "%d transitions, %d left to newer events",

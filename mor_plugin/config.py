@@ -74,6 +74,7 @@ _OUR_KEYS = (
     "webhook_timeout",
     "webhook_user_ids",
     "webhook_device_ids",
+    "peer_source",
 )
 KNOWN_KEYS = frozenset(_MOR_KEYS + _OUR_KEYS)
 
@@ -93,6 +94,8 @@ _BOOLEANS = {
     "false": False,
     "off": False,
 }
+#: ``peer_source``: which channel driver's registrations to read (see mor_plugin.ami).
+PEER_SOURCES = ("auto", "sip", "pjsip", "both")
 _WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 - compared, not bound
 
 
@@ -147,6 +150,8 @@ class Settings:
     webhook_timeout: float = 5.0
     webhook_user_ids: tuple[int, ...] = ()
     webhook_device_ids: tuple[int, ...] = ()
+    #: auto (chan_sip, PJSIP when chan_sip is absent), sip, pjsip or both
+    peer_source: str = "auto"
     warnings: tuple[str, ...] = ()
 
     def masked_db_url(self) -> str:
@@ -445,6 +450,15 @@ class _Values:
             raise self._fail(key, "a list of whole numbers like '-1, 5'")
         return tuple(int(part) for part in parts)
 
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        """One of ``choices`` (any case); the first is the default."""
+        raw = self.text(key)
+        if raw is None:
+            return choices[0]
+        if raw.lower() not in choices:
+            raise self._fail(key, f"one of {', '.join(choices)}")
+        return raw.lower()
+
     def url(self, key: str) -> Optional[str]:
         raw = self.text(key)
         if raw is None:
@@ -673,6 +687,7 @@ def load_settings(
         webhook_timeout=values.seconds("webhook_timeout", 5.0),
         webhook_user_ids=values.ids("webhook_user_ids"),
         webhook_device_ids=values.ids("webhook_device_ids"),
+        peer_source=values.choice("peer_source", PEER_SOURCES),
     )
     if settings.webhook_url and not (settings.webhook_user_ids or settings.webhook_device_ids):
         warnings.append(

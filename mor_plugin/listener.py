@@ -1,4 +1,5 @@
-"""``mor-retrieve-peers --watch``: apply chan_sip's PeerStatus events as they happen.
+"""``mor-retrieve-peers --watch``: apply chan_sip's PeerStatus and res_pjsip's ContactStatus
+events as they happen.
 
 One long-running AMI session, logged in with ``Events: system`` (PeerStatus is
 a system-class event; the session gets no call events). Events are collected
@@ -9,6 +10,11 @@ a transition row and the flapping flag on every change of colour, webhooks
 after the commit. The cron poll stays the reconciler: an event lost while the
 listener was disconnected is healed by the next poll, and whichever observed
 a device last wins (``mor_regstatus_devices.observed_at``).
+
+A ``ContactStatus`` event (PJSIP) moves one contact of an endpoint: it is applied
+to the device's stored contacts (``mor_regstatus_contacts``), which are then
+combined into the device's status by the poll's rules (mor_plugin.pjsip), so that
+one unreachable contact of a device with another reachable one leaves it OK.
 
 Watchdog: a ``Ping`` every ``watch_ping_interval`` seconds whose answer must
 come within ``ami_timeout``; silence, a dropped connection or any AMI error
@@ -36,10 +42,11 @@ from typing import Any, Callable, Optional, TypeVar
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import ami, notify, store, textfile
+from . import ami, notify, pjsip, store, textfile
 from .ami import AmiAuthError, AmiEndpoint, AmiError
 from .config import Settings
-from .status import FlapRule, PeerEvent, Plan, peer_event_from_fields, plan_events
+from .pjsip import Contact, ContactEvent, contact_event_from_fields
+from .status import Device, FlapRule, PeerEvent, Plan, peer_event_from_fields, plan_events
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,7 @@ class Listener:
         self.flap = FlapRule(settings.flap_changes, timedelta(seconds=settings.flap_window))
         self.hook = notify.webhook_from(settings)
         self._pending: list[PeerEvent] = []
+        self._pending_contacts: list[tuple[datetime, ContactEvent]] = []
         self._arrived = asyncio.Event()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mor-watch-db")
         self._webhooks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mor-watch-hook")
@@ -160,6 +168,13 @@ class Listener:
     # -- events -----------------------------------------------------------------
 
     def _on_event(self, fields: Mapping[str, str]) -> None:
+        if str(fields.get("Event", "")).strip().lower() == "contactstatus":  # res_pjsip
+            contact = contact_event_from_fields(fields)
+            if contact is None:
+                return
+            self._pending_contacts.append((self.utc_now(), contact))
+            self._arrived.set()
+            return
         event = peer_event_from_fields(fields, self.utc_now())
         if event is None:
             return
@@ -174,21 +189,50 @@ class Listener:
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
+        contacts, self._pending_contacts = self._pending_contacts, []
         self._arrived.clear()
-        if batch:
+        if contacts:
+            await self._in_db(self._apply, batch, contacts)
+        elif batch:
             await self._in_db(self._apply, batch)
 
-    def _apply(self, events: list[PeerEvent]) -> None:
+    def _apply(
+        self,
+        peer_events: list[PeerEvent],
+        contact_events: Optional[list[tuple[datetime, ContactEvent]]] = None,
+    ) -> None:
         """Write one batch (worker thread); a failure is logged: the poll heals it."""
         settings = self.settings
         plan: Optional[Plan] = None
+        contact_events = contact_events or []
+        count = len(peer_events) + len(contact_events)
 
         def work(conn: Connection) -> Plan:
-            devices = store.load_devices_named(conn, settings.server_id, {e.name for e in events})
+            events = list(peer_events)  # a retried transaction starts afresh
+            names = {e.name for e in peer_events} | {e.endpoint for _, e in contact_events}
+            devices = store.load_devices_named(conn, settings.server_id, names)
             if not devices:
                 return plan_events(settings.server_id, events, [], {}, settings.unknown_after)
             ids = [device.id for device in devices]
             states = store.load_states_of(conn, ids)
+            not_before = store.poll_observed_at(conn, settings.server_id)
+            contact_sets: dict[int, list[Contact]] = {}
+            if contact_events:
+                derived, contact_sets = _contacts_to_events(
+                    devices, store.load_contacts_of(conn, ids), contact_events, not_before
+                )
+                events.extend(derived)
+                events.sort(key=lambda event: event.at)
+                for device_id in list(contact_sets):
+                    state = states.get(device_id)
+                    if (
+                        state is not None
+                        and state.observed_at
+                        and state.observed_at > max(at for at, _ in contact_events)
+                    ):
+                        del contact_sets[device_id]  # a newer poll wrote this device
+            if not events:
+                return plan_events(settings.server_id, [], [], {}, settings.unknown_after)
             earliest = min(event.at for event in events)
             recent = store.load_recent_transitions(
                 conn, settings.server_id, earliest - self.flap.window
@@ -201,9 +245,10 @@ class Listener:
                 settings.unknown_after,
                 recent=recent,
                 flap=self.flap,
-                not_before=store.poll_observed_at(conn, settings.server_id),
+                not_before=not_before,
             )
             store.write_event_plan(conn, settings.server_id, batch_plan)
+            store.replace_contacts(conn, settings.server_id, contact_sets, self.utc_now())
             return batch_plan
 
         try:
@@ -216,15 +261,15 @@ class Listener:
         except SQLAlchemyError as err:
             log.warning(
                 "listener: %d events not written (the next poll heals them): %s",
-                len(events),
+                count,
                 store.describe_db_error(err),
             )
             return
         self.batches += 1
-        self.events_applied += len(events)
+        self.events_applied += count
         log.debug(
             "listener: %d events, %d devices changed, %d transitions, %d older than stored",
-            len(events),
+            count,
             len(plan.reg_status_changes),
             len(plan.transitions),
             plan.skipped_newer,
@@ -261,6 +306,40 @@ class Listener:
     async def _in_db(self, work: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._db, work, *args)
+
+
+def _contacts_to_events(
+    devices: list[Device],
+    stored: Mapping[int, list[Contact]],
+    contact_events: list[tuple[datetime, ContactEvent]],
+    not_before: Optional[datetime],
+) -> tuple[list[PeerEvent], dict[int, list[Contact]]]:
+    """Apply ``ContactStatus`` events to the stored contacts of the devices with those
+    endpoint names; one direct ``PeerEvent`` per applied event carries the device's
+    combined status (for ``plan_events``), and the devices' new contacts are returned.
+    An event older than the last poll's list (``not_before``) is ignored."""
+    by_name: dict[str, list[Device]] = {}
+    for device in devices:
+        by_name.setdefault(device.name, []).append(device)
+    current: dict[str, list[Contact]] = {}
+    derived: list[PeerEvent] = []
+    for at, event in contact_events:
+        named = by_name.get(event.endpoint)
+        if not named or (not_before is not None and at < not_before):
+            continue
+        if event.endpoint not in current:
+            current[event.endpoint] = list(stored.get(named[0].id, ()))
+        contacts = pjsip.apply_contact_event(current[event.endpoint], event)
+        current[event.endpoint] = contacts
+        value, best = pjsip.best_contact(contacts, named[0].qualify)
+        ip, port = pjsip.contact_address(best) if best is not None else (None, None)
+        derived.append(
+            PeerEvent(
+                event.endpoint, "ContactStatus", at, ip=ip, port=port, direct=True, reg_status=value
+            )
+        )
+    sets = {device.id: current[device.name] for device in devices if device.name in current}
+    return derived, sets
 
 
 async def watch(

@@ -189,6 +189,28 @@ notified = Table(
     **_OWN_TABLE_OPTIONS,
 )
 
+# --- schema 3: PJSIP contacts ---------------------------------------------------
+
+#: Every contact of a PJSIP device, as the collector (or the event listener) last saw it.
+#: A device's rows are replaced together, and only when one of them changed (the round
+#: trip compared in whole milliseconds); a device without contacts has no rows.
+contacts = Table(
+    "mor_regstatus_contacts",
+    own_metadata,
+    Column("device_id", Integer, primary_key=True, autoincrement=False),
+    # the contact's place among the device's contacts (ordered by URI)
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("server_id", Integer, nullable=False, index=True),
+    Column("uri", String(512), nullable=False),
+    Column("user_agent", String(255), nullable=False, server_default=text("''")),
+    Column("roundtrip_usec", BigInteger),  # NULL: Asterisk said N/A
+    # Asterisk's label: Reachable, Unreachable, Unknown, NonQualified (Created in 13-15)
+    Column("status", String(16), nullable=False),
+    Column("via", String(64)),  # ip:port of the Via header, when Asterisk kept one
+    Column("seen", DateTime, nullable=False),  # UTC: when these rows were written
+    **_OWN_TABLE_OPTIONS,
+)
+
 COUNT_COLUMNS = {
     "ok": "n_ok",
     "lagged": "n_lagged",

@@ -22,6 +22,16 @@ Field names and orders were read from asterisk/asterisk at the tags named in
 ``action_corestatus``). Values that a client never interprets (codec lists,
 session-timer settings, ...) are plausible defaults, not measured ones.
 
+PJSIP (Asterisk 13+): :class:`SimEndpoint` values with several
+:class:`SimContact` each answer ``PJSIPShowContacts`` (16+: ``ContactList``
+events whose fields come in an order that differs per version, as sorcery's
+hash order does), ``PJSIPShowEndpoints`` (``EndpointList``) and
+``PJSIPShowEndpoint`` (``EndpointDetail`` ... ``ContactStatusDetail``), read from
+``res/res_pjsip/pjsip_options.c``, ``location.c`` and ``pjsip_configuration.c``
+at the same tags; :meth:`AmiSimulator.emit_contact_status` sends
+``ContactStatus`` events (``main/stasis_endpoints.c``). 13-15 label a contact
+without qualify ``Created``, 16+ ``NonQualified``.
+
 It listens on loopback only: it answers to a well-known user and secret.
 Run it with ``mor-ami-simulator`` or ``python -m mor_plugin.simulator``.
 """
@@ -42,7 +52,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Callable, NoReturn, Optional
@@ -93,6 +103,33 @@ class Faults:
     auth_fail_delay: float = 1.0
     #: ``Ping`` gets no answer at all; the connection stays open (a silent hang).
     no_pong: bool = False
+    #: res_pjsip is not loaded: its manager actions are unknown commands.
+    no_pjsip: bool = False
+
+
+@dataclass
+class SimContact:
+    """One PJSIP contact (a registration of an AOR)."""
+
+    uri: str
+    #: 16+ labels: Reachable, Unreachable, Unknown, NonQualified (13-15 print Created)
+    status: str = "Reachable"
+    rtt_usec: int = 20000
+    user_agent: str = ""
+    via_addr: str = ""
+    via_port: int = 0
+    call_id: str = ""
+    #: the AOR; None: the endpoint's name (MOR names both after the device)
+    aor: Optional[str] = None
+    qualify_frequency: int = 60
+
+
+@dataclass
+class SimEndpoint:
+    """One PJSIP endpoint with its AOR's contacts."""
+
+    name: str
+    contacts: list[SimContact] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -138,6 +175,9 @@ _CANONICAL = {
         "SIPshowpeer",
         "CoreSettings",
         "CoreStatus",
+        "PJSIPShowContacts",
+        "PJSIPShowEndpoints",
+        "PJSIPShowEndpoint",
     )
 }
 
@@ -323,6 +363,7 @@ class AmiSimulator:
         host: str = "127.0.0.1",
         port: int = 0,
         faults: Optional[Faults] = None,
+        endpoints: Sequence[SimEndpoint] = (),
         drift: bool = False,
         seed: int = 0,
         startup: Optional[datetime] = None,
@@ -338,6 +379,10 @@ class AmiSimulator:
         self._version = _resolve_version(version)
         self.version = self._version.key
         self.peers: list[SimPeer] = list(peers)
+        #: PJSIP endpoints (Asterisk 13+); may be replaced or mutated between runs
+        self.endpoints: list[SimEndpoint] = list(endpoints)
+        self._index: dict[str, SimEndpoint] = {}
+        self._index_key: Optional[tuple[int, int]] = None
         self.username = username
         self.secret = secret
         self.host = host
@@ -353,7 +398,7 @@ class AmiSimulator:
         self.logins = 0
         self.login_failures = 0
         self.actions: Counter[str] = Counter()
-        #: Complete ``SIPpeers`` lists started so far.
+        #: Complete ``SIPpeers`` (and ``PJSIPShowContacts``) lists started so far.
         self.lists_served = 0
         self._rng = random.Random(seed)  # noqa: S311 - simulation, not security
         self._server: Optional[asyncio.AbstractServer] = None
@@ -458,6 +503,49 @@ class AmiSimulator:
             task.add_done_callback(self._tasks.discard)
 
         self._in_loop(start)
+
+    def emit_contact_status(
+        self, endpoint: str, uri: str, status: str, rtt_usec: Optional[int] = None
+    ) -> None:
+        """Send res_pjsip's ``ContactStatus`` event to every session with system events on,
+        and move the listed contact the same way (a new URI is added, ``Removed`` drops it).
+
+        ``status``: Reachable, Unreachable, Unknown, NonQualified (``Created`` on 13-15),
+        Removed or Updated. Safe to call from any thread.
+        """
+        self._in_loop(lambda: self._emit_contact(endpoint, uri, status, rtt_usec))
+
+    def _emit_contact(self, name: str, uri: str, status: str, rtt_usec: Optional[int]) -> None:
+        ep = next((e for e in self.endpoints if e.name == name), None)
+        if ep is None:
+            ep = SimEndpoint(name)
+            self.endpoints.append(ep)
+        contact = next((c for c in ep.contacts if c.uri == uri), None)
+        if status == "Removed":
+            ep.contacts = [c for c in ep.contacts if c.uri != uri]
+        elif contact is None:
+            contact = SimContact(uri, status if status != "Updated" else "Unknown", rtt_usec or 0)
+            ep.contacts.append(contact)
+        elif status != "Updated":
+            contact.status = status
+            contact.rtt_usec = rtt_usec if status == "Reachable" and rtt_usec else 0
+        label = _contact_label(self._version, status)
+        aor = (contact.aor if contact is not None else None) or name
+        # ast_sip_persistent_endpoint_publish_contact_state(): rtt always, 0 when unknown
+        pairs = [
+            ("Event", "ContactStatus"),
+            ("Privilege", "system,all"),
+            ("URI", uri),
+            ("ContactStatus", label),
+            ("AOR", aor),
+            ("EndpointName", name),
+            ("RoundtripUsec", str(rtt_usec if status == "Reachable" and rtt_usec else 0)),
+        ]
+        data = _message(*pairs)
+        for writer in list(self._event_writers):
+            if not writer.is_closing():
+                writer.write(data)
+                self.events_sent += 1
 
     def drop_event_sessions(self) -> None:
         """Fault: cut the TCP connection of every session that receives events."""
@@ -591,6 +679,11 @@ class AmiSimulator:
         if v.chan_sip and not self.faults.no_chan_sip:
             table["SIPpeers"] = self._sippeers
             table["SIPshowpeer"] = self._sipshowpeer
+        if v.rank >= (13, 0) and not self.faults.no_pjsip:
+            table["PJSIPShowEndpoints"] = self._pjsip_show_endpoints
+            table["PJSIPShowEndpoint"] = self._pjsip_show_endpoint
+            if v.rank >= (16, 0):
+                table["PJSIPShowContacts"] = self._pjsip_show_contacts
         if v.rank >= (1, 6):
             table["CoreSettings"] = self._coresettings
             table["CoreStatus"] = self._corestatus
@@ -728,6 +821,133 @@ class AmiSimulator:
         pairs.append(("CoreCurrentCalls", "0"))
         writer.write(_message(*pairs))
 
+    # -- res_pjsip ------------------------------------------------------------
+
+    def _listack(self, headers: _Headers, message: str) -> bytes:
+        """astman_send_listack(): Response, ActionID, EventList: start, Message."""
+        return _message(
+            ("Response", "Success"), *_id(headers), ("EventList", "start"), ("Message", message)
+        )
+
+    def _list_complete(self, headers: _Headers, event: str, items: int) -> bytes:
+        """astman_send_list_complete_start() + _end() (13.2+: ActionID second)."""
+        return _message(
+            ("Event", event), *_id(headers), ("EventList", "Complete"), ("ListItems", str(items))
+        )
+
+    async def _pjsip_show_contacts(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        v = self._version
+        if self.drift and self.lists_served:
+            self._apply_contact_drift()
+        self.lists_served += 1
+        pairs = [(ep, c) for ep in self.endpoints for c in ep.contacts]
+        if not pairs:
+            # astman_send_error(s, m, "No Contacts found\n"): the LF stays in the message
+            writer.write(_error(headers, "No Contacts found\n"))
+            return
+        pairs.sort(key=lambda pair: _contact_id(pair[1].aor or pair[0].name, pair[1].uri))
+        writer.write(
+            self._listack(headers, "A listing of Contacts follows, presented as ContactList events")
+        )
+        idtext = "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
+        order = _contact_field_order(v)
+        for start in range(0, len(pairs), _CHUNK):
+            text = "".join(
+                _contact_list_event(v, order, idtext, ep, c)
+                for ep, c in pairs[start : start + _CHUNK]
+            )
+            writer.write(text.encode("utf-8", "replace"))
+            await writer.drain()
+        writer.write(self._list_complete(headers, "ContactListComplete", len(pairs)))
+
+    async def _pjsip_show_endpoints(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        if not self.endpoints:
+            writer.write(_error(headers, "No endpoints found\n"))
+            return
+        writer.write(
+            self._listack(
+                headers, "A listing of Endpoints follows, presented as EndpointList events"
+            )
+        )
+        idtext = "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
+        endpoints = sorted(self.endpoints, key=attrgetter("name"))
+        for start in range(0, len(endpoints), _CHUNK):
+            chunk = []
+            for ep in endpoints[start : start + _CHUNK]:
+                contacts = "".join(f"{c.aor or ep.name}/{c.uri}," for c in ep.contacts)
+                state = "Not in use" if ep.contacts else "Unavailable"
+                chunk.append(
+                    "Event: EndpointList\r\n"
+                    + idtext
+                    + f"ObjectType: endpoint\r\nObjectName: {ep.name}\r\n"
+                    + f"Transport: \r\nAor: {ep.name}\r\nAuths: {ep.name},\r\n"
+                    + f"OutboundAuths: \r\nContacts: {contacts}\r\n"
+                    + f"DeviceState: {state}\r\nActiveChannels: \r\n\r\n"
+                )
+            writer.write("".join(chunk).encode("utf-8", "replace"))
+            await writer.drain()
+        writer.write(self._list_complete(headers, "EndpointListComplete", len(endpoints)))
+
+    def _apply_contact_drift(self) -> None:
+        """Move every reachable contact's round trip by up to 3 ms, as qualify results do."""
+        rng = self._rng
+        for ep in self.endpoints:
+            for c in ep.contacts:
+                if c.status == "Reachable":
+                    c.rtt_usec = max(500, c.rtt_usec + rng.randint(-3000, 3000))
+
+    def _endpoint_named(self, name: str) -> Optional[SimEndpoint]:
+        """By name, through an index rebuilt when ``endpoints`` was replaced or resized."""
+        key = (id(self.endpoints), len(self.endpoints))
+        if self._index_key != key:
+            self._index = {ep.name: ep for ep in self.endpoints}
+            self._index_key = key
+        ep = self._index.get(name)
+        return ep if ep is not None and ep.name == name else None
+
+    async def _pjsip_show_endpoint(
+        self, session: _Session, headers: _Headers, writer: asyncio.StreamWriter
+    ) -> None:
+        v = self._version
+        name = _header(headers, "endpoint") or ""
+        if not name:
+            writer.write(_error(headers, "PJSIPShowEndpoint requires an endpoint name\n"))
+            return
+        if name.lower().startswith("pjsip/"):
+            name = name[6:]
+        ep = self._endpoint_named(name)
+        if ep is None:
+            writer.write(_error(headers, f"Unable to retrieve endpoint {name}\n"))
+            return
+        writer.write(
+            self._listack(
+                headers, "Following are Events for each object associated with the Endpoint"
+            )
+        )
+        idtext = "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
+        state = "Not in use" if ep.contacts else "Unavailable"
+        contacts = "".join(f"{c.aor or ep.name}/{c.uri}," for c in ep.contacts)
+        # a few of each object's many fields: plausible values a client never reads
+        parts = [
+            "Event: EndpointDetail\r\n" + idtext + f"ObjectType: endpoint\r\nObjectName: {name}"
+            f"\r\nContext: mor_local\r\nAors: {name}\r\nAuth: {name}\r\nAllow: (ulaw|alaw)"
+            f"\r\nDtmfMode: rfc4733\r\nDeviceState: {state}\r\nActiveChannels: \r\n\r\n",
+            "Event: AuthDetail\r\n" + idtext + f"ObjectType: auth\r\nObjectName: {name}\r\n"
+            f"Realm: asterisk\r\nAuthType: userpass\r\nPassword: \r\nUsername: {name}\r\n"
+            f"EndpointName: {name}\r\n\r\n",
+            "Event: AorDetail\r\n" + idtext + f"ObjectType: aor\r\nObjectName: {name}\r\n"
+            f"QualifyFrequency: 60\r\nContacts: {contacts}\r\nMaxContacts: 5\r\n"
+            f"TotalContacts: {len(ep.contacts)}\r\nContactsRegistered: {len(ep.contacts)}\r\n"
+            f"EndpointName: {name}\r\n\r\n",
+        ]
+        parts += [_contact_status_detail(v, idtext, ep, c) for c in ep.contacts]
+        writer.write("".join(parts).encode("utf-8", "replace"))
+        writer.write(self._list_complete(headers, "EndpointDetailComplete", len(parts)))
+
     # -- chan_sip -----------------------------------------------------------
 
     async def _sipshowpeer(
@@ -847,6 +1067,112 @@ class AmiSimulator:
         if len(peers) in junk:
             writer.write(junk[len(peers)])
         return sent
+
+
+# --- PJSIP ------------------------------------------------------------------------
+
+#: The sorcery fields of a contact as ``ContactList`` prints them (after ObjectType and
+#: ObjectName, before Status and RoundtripUsec), in the order of 16's pjsip_manager.xml.
+_CONTACT_FIELDS_16 = (
+    "ViaAddr",
+    "ViaPort",
+    "QualifyTimeout",
+    "CallId",
+    "RegServer",
+    "PruneOnBoot",
+    "Path",
+    "Endpoint",
+    "AuthenticateQualify",
+    "Uri",
+    "QualifyFrequency",
+    "UserAgent",
+    "ExpirationTime",
+    "OutboundProxy",
+)
+
+
+def _contact_field_order(v: _Version) -> tuple[str, ...]:
+    """sorcery prints an object's fields in the hash order of its field container, which
+    changes when fields are added (22: ``qualify_2xx_only``): one fixed order per version."""
+    names = list(_CONTACT_FIELDS_16)
+    if v.rank >= (22, 0):
+        names.append("Qualify2xxOnly")
+    if v.rank > (16, 0):
+        random.Random(v.key).shuffle(names)  # noqa: S311 - a fixed permutation, not security
+    return tuple(names)
+
+
+def _contact_label(v: _Version, status: str) -> str:
+    """``ast_sip_get_contact_status_label()``: CREATED reads Created before 16."""
+    if status == "NonQualified" and v.rank < (16, 0):
+        return "Created"
+    return status
+
+
+def _contact_id(aor: str, uri: str) -> str:
+    """A registered contact's sorcery id: ``<aor>;@<hash of the URI>``."""
+    return f"{aor};@{hashlib.md5(uri.encode(), usedforsecurity=False).hexdigest()}"
+
+
+def _contact_list_event(
+    v: _Version, order: tuple[str, ...], idtext: str, ep: SimEndpoint, c: SimContact
+) -> str:
+    aor = c.aor or ep.name
+    values = {
+        "ViaAddr": c.via_addr,
+        "ViaPort": str(c.via_port),
+        "QualifyTimeout": "3.000000",
+        "CallId": c.call_id,
+        "RegServer": "",
+        "PruneOnBoot": "no",
+        "Path": "",
+        "Endpoint": ep.name,
+        "AuthenticateQualify": "no",
+        "Uri": c.uri,
+        "QualifyFrequency": str(c.qualify_frequency),
+        "UserAgent": c.user_agent,
+        "ExpirationTime": "1764410000",
+        "OutboundProxy": "",
+        "Qualify2xxOnly": "no",
+    }
+    rtt = str(c.rtt_usec) if c.status == "Reachable" else "N/A"
+    return (
+        "Event: ContactList\r\n"
+        + idtext
+        + f"ObjectType: contact\r\nObjectName: {_contact_id(aor, c.uri)}\r\n"
+        + "".join(f"{name}: {values[name]}\r\n" for name in order)
+        + f"Status: {_contact_label(v, c.status)}\r\nRoundtripUsec: {rtt}\r\n\r\n"
+    )
+
+
+def _contact_status_detail(v: _Version, idtext: str, ep: SimEndpoint, c: SimContact) -> str:
+    """``ast_sip_format_contact_ami()``: fixed order; ViaAddress and CallID only when set."""
+    aor = c.aor or ep.name
+    lines = [("AOR", aor), ("URI", c.uri), ("UserAgent", c.user_agent), ("RegExpire", "1764410000")]
+    if c.via_addr:
+        lines.append(("ViaAddress", f"{c.via_addr}:{c.via_port}" if c.via_port else c.via_addr))
+    if c.call_id:
+        lines.append(("CallID", c.call_id))
+    # 13: N/A only for Unknown; 16+: N/A for anything but Reachable
+    shown = c.status == "Reachable" if v.rank >= (16, 0) else c.status != "Unknown"
+    rtt = str(c.rtt_usec if c.status == "Reachable" else 0) if shown else "N/A"
+    lines += [
+        ("Status", _contact_label(v, c.status)),
+        ("RoundtripUsec", rtt),
+        ("EndpointName", ep.name),
+        ("ID", _contact_id(aor, c.uri)),
+        ("AuthenticateQualify", "0"),
+        ("OutboundProxy", ""),
+        ("Path", ""),
+        ("QualifyFrequency", str(c.qualify_frequency)),
+        ("QualifyTimeout", "3.000"),
+    ]
+    return (
+        "Event: ContactStatusDetail\r\n"
+        + idtext
+        + "".join(f"{k}: {val}\r\n" for k, val in lines)
+        + "\r\n"
+    )
 
 
 def _apply_peer_status(
@@ -1044,6 +1370,45 @@ def realistic_peers(n: int, *, seed: int = 0, prefix: str = "") -> list[SimPeer]
     return peers
 
 
+def realistic_endpoints(n: int, *, seed: int = 0, prefix: str = "") -> list[SimEndpoint]:
+    """``n`` PJSIP endpoints with the status mix of :func:`realistic_peers` (LAGGED ones
+    answer slower than 2000 ms; those without an address have no contact) and about one
+    in ten with a second contact (a softphone beside the desk phone)."""
+    rng = random.Random(seed + 1)  # noqa: S311 - simulation, not security
+    status_of = {"OK": "Reachable", "LAGGED": "Reachable", "UNREACHABLE": "Unreachable"}
+    endpoints = []
+    for peer in realistic_peers(n, seed=seed, prefix=prefix):
+        ep = SimEndpoint(peer.name)
+        if peer.ip is not None:
+            m = _TIMED.match(peer.status)
+            status = status_of.get(peer.status.split(" ")[0], "NonQualified")
+            if peer.status == "UNKNOWN":
+                status = "Unknown"
+            ep.contacts.append(
+                SimContact(
+                    uri=f"sip:{peer.name}@{peer.ip}:{peer.port};transport=udp",
+                    status=status,
+                    rtt_usec=int(m.group(2)) * 1000 + rng.randrange(-400, 400) if m else 0,
+                    user_agent=peer.useragent,
+                    via_addr=peer.ip,
+                    via_port=peer.port,
+                    call_id=f"{rng.getrandbits(64):016x}@{peer.ip}",
+                )
+            )
+            if rng.random() < 0.1:
+                ep.contacts.append(
+                    SimContact(
+                        uri=f"sip:{peer.name}@10.99.{rng.randrange(256)}.7:5062;ob",
+                        status=rng.choice(("Reachable", "Unreachable")),
+                        rtt_usec=rng.randrange(5000, 90000),
+                        user_agent="Zoiper rv2.10.19.6",
+                        call_id=f"{rng.getrandbits(64):016x}",
+                    )
+                )
+        endpoints.append(ep)
+    return endpoints
+
+
 async def _serve_forever(sim: AmiSimulator) -> None:
     await sim.start()
     print(
@@ -1073,6 +1438,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--port", type=int, default=5038, help="TCP port (default %(default)s)")
     parser.add_argument("--peers", type=int, default=100, help="number of SIP peers")
+    parser.add_argument(
+        "--endpoints", type=int, default=0, help="number of PJSIP endpoints (Asterisk 13+)"
+    )
     parser.add_argument("--version", default="11", help=f"Asterisk version: {', '.join(VERSIONS)}")
     parser.add_argument("--username", default="mor", help="AMI user (default %(default)s)")
     parser.add_argument("--secret", default="morsecret", help="AMI secret (default %(default)s)")
@@ -1090,6 +1458,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             port=args.port,
             drift=args.drift,
             seed=args.seed,
+            endpoints=realistic_endpoints(args.endpoints, seed=args.seed, prefix="pj"),
         )
     except ValueError as exc:
         print(f"mor-ami-simulator: {exc}", file=sys.stderr)

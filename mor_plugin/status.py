@@ -440,6 +440,10 @@ class PeerEvent:
     time_ms: Optional[int] = None  # the qualify round trip; None when absent or -1
     ip: Optional[str] = None  # Registered only
     port: Optional[int] = None
+    #: PJSIP (``ContactStatus``): the device's new string is already known (combined from
+    #: its contacts by mor_plugin.pjsip; None: no contact left) and replaces ``status``'s rules
+    direct: bool = False
+    reg_status: Optional[str] = None
 
 
 def peer_event_from_fields(fields: Mapping[str, str], at: datetime) -> Optional[PeerEvent]:
@@ -550,10 +554,15 @@ def plan_events(
             ):
                 skipped += 1
                 continue
-            raw = event_status(event.status, event.time_ms, device.qualify, current[device.id])
-            if raw is None and event.ip is None:
+            if event.direct:
+                raw = event.reg_status
+            else:
+                raw = event_status(event.status, event.time_ms, device.qualify, current[device.id])
+            if raw is None and event.ip is None and not event.direct:
                 continue
-            if raw is None:
+            if raw is None and event.direct:
+                reg_status, unreachable_since = None, None
+            elif raw is None:
                 reg_status = current[device.id]
                 unreachable_since = previous.unreachable_since if previous else None
             else:

@@ -10,7 +10,7 @@ run nor the NULL window of the legacy collector.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.expression import Insert
 
 from . import schema
+from .pjsip import Contact, round_trip_ms
 from .status import Device, DeviceState, ElsewhereDevice, Notified, Plan, Transition, WrongServer
 
 log = logging.getLogger(__name__)
@@ -119,10 +120,16 @@ def _migration_2(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _migration_3(conn: Connection) -> None:
+    """PJSIP: every contact of a device (the widget lists them)."""
+    schema.contacts.create(conn, checkfirst=True)
+
+
 #: (version, migration) in order; a migration must be safe to run twice.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
+    (3, _migration_3),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -1010,3 +1017,164 @@ def _release_lock(conn: Connection, name: str) -> None:
         conn.commit()
     except SQLAlchemyError as err:  # the session is gone, and its lock with it
         log.debug("RELEASE_LOCK failed: %s", describe_db_error(err))
+
+
+# --- PJSIP contacts (schema 3) ---------------------------------------------------
+
+
+def load_qualify(conn: Connection, server_id: int) -> dict[str, Optional[str]]:
+    """``devices.qualify`` by name of this server's SIP devices (the PJSIP limits).
+
+    A name that several devices share keeps the first one's value.
+    """
+    d = schema.devices.c
+    rows = conn.execute(
+        select(d.name, d.qualify).where(d.server_id == server_id, d.device_type == "SIP")
+    ).all()
+    shared = _Shared()
+    qualify: dict[str, Optional[str]] = {}
+    for name, value in rows:
+        if name not in qualify:
+            qualify[name] = shared(value)
+    return qualify
+
+
+#: What decides whether a device's stored contacts must be rewritten: the round trip
+#: counts in whole milliseconds (as the GUI string does), not microsecond jitter.
+ContactKey = tuple[str, str, str, Optional[str], Optional[int]]
+
+
+def contact_key(contact: Contact) -> ContactKey:
+    usec = contact.roundtrip_usec
+    return (
+        contact.uri[:512],
+        contact.user_agent[:255],
+        contact.status[:16],
+        contact.via[:64] if contact.via else None,
+        round_trip_ms(usec) if usec is not None else None,
+    )
+
+
+def _row_key(row: Any) -> ContactKey:
+    usec = row[4]
+    return (row[0], row[1], row[2], row[3], round_trip_ms(usec) if usec is not None else None)
+
+
+def load_contact_keys(conn: Connection, server_id: int) -> dict[int, tuple[ContactKey, ...]]:
+    """The stored contacts of this server's devices, as comparison keys in ``seq`` order."""
+    c = schema.contacts.c
+    rows = _streamed(
+        conn,
+        select(c.device_id, c.uri, c.user_agent, c.status, c.via, c.roundtrip_usec)
+        .where(c.server_id == server_id)
+        .order_by(c.device_id, c.seq),
+    )
+    stored: dict[int, list[ContactKey]] = {}
+    for row in rows:
+        stored.setdefault(row[0], []).append(_row_key(row[1:]))
+    return {device_id: tuple(keys) for device_id, keys in stored.items()}
+
+
+def load_contacts_of(conn: Connection, device_ids: Iterable[int]) -> dict[int, list[Contact]]:
+    """The stored contacts of these devices (the listener combines events with them)."""
+    c, d = schema.contacts.c, schema.devices.c
+    query = (
+        select(c.device_id, d.name, c.uri, c.user_agent, c.status, c.via, c.roundtrip_usec)
+        .join_from(schema.contacts, schema.devices, d.id == c.device_id)
+        .where(c.device_id.in_(bindparam("ids", expanding=True)))
+        .order_by(c.device_id, c.seq)
+    )
+    found: dict[int, list[Contact]] = {}
+    for chunk in _chunks(sorted(set(device_ids)), CHUNK):
+        for row in conn.execute(query, {"ids": list(chunk)}):
+            found.setdefault(row[0], []).append(
+                Contact(
+                    endpoint=row[1],
+                    aor=row[1],
+                    uri=row[2],
+                    status=row[4],
+                    roundtrip_usec=row[6],
+                    user_agent=row[3],
+                    via=row[5],
+                )
+            )
+    return found
+
+
+_CONTACT_COLUMNS = (
+    "device_id",
+    "seq",
+    "server_id",
+    "uri",
+    "user_agent",
+    "roundtrip_usec",
+    "status",
+    "via",
+    "seen",
+)
+
+
+def replace_contacts(
+    conn: Connection,
+    server_id: int,
+    contact_sets: Mapping[int, Sequence[Contact]],
+    now: datetime,
+    *,
+    stored: Optional[Collection[int]] = None,
+) -> None:
+    """Replace the stored contacts of exactly these devices (an empty set deletes them).
+
+    ``stored``: the devices that may have rows (None: any of them); only their rows are
+    deleted first. The rows are upserted, so that a device whose rows another server
+    wrote (it was moved) needs no delete either.
+    """
+    if not contact_sets:
+        return
+    c = schema.contacts.c
+    doomed = sorted(contact_sets if stored is None else (i for i in contact_sets if i in stored))
+    for chunk in _chunks(doomed, CHUNK):
+        conn.execute(delete(schema.contacts).where(c.device_id.in_(list(chunk))))
+    rows = [
+        (device_id, seq, server_id, key[0], key[1], contact.roundtrip_usec, key[2], key[3], now)
+        for device_id, contacts in contact_sets.items()
+        for seq, (contact, key) in enumerate((k, contact_key(k)) for k in contacts)
+    ]
+    if not rows:
+        return
+    if not _is_mysql(conn):
+        dicts = [dict(zip(_CONTACT_COLUMNS, row)) for row in rows]
+        _upsert(conn, schema.contacts, dicts, ("device_id", "seq"))
+        return
+    updates = ", ".join(f"{name} = VALUES({name})" for name in _CONTACT_COLUMNS[2:])
+    _insert_rows(
+        conn,
+        f"INSERT INTO {schema.contacts.name} ({', '.join(_CONTACT_COLUMNS)})",
+        rows,
+        f"ON DUPLICATE KEY UPDATE {updates}",
+    )
+
+
+def write_contacts(
+    conn: Connection,
+    server_id: int,
+    contact_sets: Mapping[int, Sequence[Contact]],
+    now: datetime,
+    *,
+    leave: Collection[int] = (),
+) -> int:
+    """The poll's contacts: ``contact_sets`` holds every device of this server that has
+    contacts; stored rows of any other device of this server are deleted. Only devices
+    whose contacts changed are rewritten; ``leave`` (devices a newer event wrote) are
+    not touched. Returns the devices rewritten."""
+    stored = load_contact_keys(conn, server_id)
+    changed: dict[int, Sequence[Contact]] = {}
+    for device_id, contacts in contact_sets.items():
+        if device_id in leave:
+            continue
+        if stored.get(device_id) != tuple(contact_key(contact) for contact in contacts):
+            changed[device_id] = contacts
+    for device_id in stored:
+        if device_id not in contact_sets and device_id not in leave:
+            changed[device_id] = ()
+    replace_contacts(conn, server_id, changed, now, stored=stored.keys())
+    return len(changed)

@@ -76,7 +76,7 @@ def test_targets_table_and_plot_are_written(bench_run: tuple[Path, str]) -> None
     out, printed = bench_run
     results = json.loads((out / "latest.json").read_text())
     statuses = {t["target"]: t["status"] for t in results["targets"]}
-    assert len(statuses) == 11
+    assert len(statuses) == 12
     assert set(statuses.values()) <= {"pass", "FAIL", "n/a"}
     assert statuses["collector 100k cold"] == "n/a"
     assert (out / "collector.png").read_bytes().startswith(b"\x89PNG")

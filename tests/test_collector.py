@@ -339,14 +339,15 @@ def test_migrate_alone_creates_the_own_tables(
     mor: MorDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(write_conf(tmp_path, mor.url, None), "--migrate", capsys=capsys)
-    assert (code, out.strip()) == (0, "migrated to schema version 2")
+    assert (code, out.strip()) == (0, "migrated to schema version 3")
     code, out, _ = run(write_conf(tmp_path, mor.url, None), "--migrate", capsys=capsys)
-    assert (code, out.strip()) == (0, "schema already at version 2")
+    assert (code, out.strip()) == (0, "schema already at version 3")
     tables = {row[0] for row in mor.execute("SHOW TABLES")}
     assert {
         "mor_regstatus_devices",
         "mor_regstatus_servers",
         "mor_regstatus_wrong_server",
+        "mor_regstatus_contacts",
     } <= tables
 
 
@@ -458,7 +459,7 @@ def test_asterisk_without_chan_sip_is_named(
     with run_in_thread(
         AmiSimulator(realistic_peers(3), version="21", username="mor", secret="s3cret")
     ) as s:
-        code, _, err = run(write_conf(tmp_path, mor.url, s), capsys=capsys)
+        code, _, err = run(write_conf(tmp_path, mor.url, s, peer_source="sip"), capsys=capsys)
     assert_failed_cleanly(code, err, 3, "chan_sip is not loaded (removed in Asterisk 21)")
 
 

@@ -43,10 +43,10 @@ def upgrade_keeps_rows(url: str) -> None:
     with engine.begin() as conn:
         for statement in SCHEMA_1:
             conn.execute(text(statement))
-    assert store.migrate(engine, NOW) == [2]
+    assert store.migrate(engine, NOW) == [2, 3]
     assert store.migrate(engine, NOW) == []
     with engine.connect() as conn:
-        assert store.schema_version(conn) == store.LATEST_VERSION == 2
+        assert store.schema_version(conn) == store.LATEST_VERSION == 3
         row = conn.execute(
             text("SELECT status, ip, flapping FROM mor_regstatus_devices WHERE device_id = 7")
         ).one()
@@ -56,7 +56,12 @@ def upgrade_keeps_rows(url: str) -> None:
         ).one()
         assert tuple(server) == ("11.25.3", 0)
         tables = set(inspect(conn).get_table_names())
-    assert {"mor_regstatus_history", "mor_regstatus_latency", "mor_regstatus_notified"} <= tables
+    assert {
+        "mor_regstatus_history",
+        "mor_regstatus_latency",
+        "mor_regstatus_notified",
+        "mor_regstatus_contacts",
+    } <= tables
     engine.dispose()
 
 
@@ -78,10 +83,10 @@ def test_a_fresh_database_gets_every_version_once(
         else request.getfixturevalue("sqlite_url")
     )
     engine = create_engine(url)
-    assert store.migrate(engine, NOW) == [1, 2]
+    assert store.migrate(engine, NOW) == [1, 2, 3]
     with engine.connect() as conn:
         versions = conn.execute(text("SELECT version FROM mor_regstatus_schema ORDER BY 1")).all()
-    assert [v for (v,) in versions] == [1, 2]
+    assert [v for (v,) in versions] == [1, 2, 3]
     engine.dispose()
 
 
@@ -105,6 +110,6 @@ def test_collectors_migrating_a_fresh_database_at_once_all_succeed(mor_db: MorDa
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert sorted(results, key=len) == [[], [], [], [], [1, 2]]  # type: ignore[arg-type]
+    assert sorted(results, key=len) == [[], [], [], [], [1, 2, 3]]  # type: ignore[arg-type]
     for engine in engines:
         engine.dispose()

@@ -60,6 +60,7 @@ MISSING_TABLE_CODES = (1146, 1054)
 #: the tiers of the collector's tables a query may need
 OWN = "own"  # schema 1: device state, server runs, wrong-server sightings
 HISTORY = "history"  # schema 2: history, latency samples, flapping, listener state
+CONTACTS = "contacts"  # schema 3: PJSIP contacts
 
 _d = schema.devices
 _srv = schema.servers
@@ -68,6 +69,7 @@ _run = schema.server_state
 _ws = schema.wrong_server
 _hist = schema.history
 _lat = schema.latency
+_con = schema.contacts
 
 _DEVICE_COLUMNS = (
     _d.c.id,
@@ -214,6 +216,34 @@ LATENCY_IN_WINDOW = (
 FLAPPING = select(_st.c.flapping, _st.c.flapping_since).where(
     _st.c.device_id == bindparam("device_id")
 )
+
+# --- schema 3: the PJSIP contacts of one device ----------------------------------------
+
+CONTACTS_OF_DEVICE = (
+    select(_con.c.uri, _con.c.user_agent, _con.c.roundtrip_usec, _con.c.status, _con.c.via)
+    .where(_con.c.device_id == bindparam("device_id"))
+    .order_by(_con.c.seq)
+)
+
+
+@dataclass(frozen=True)
+class ContactRow:
+    """One PJSIP contact of a device, as the status page lists it."""
+
+    uri: str
+    user_agent: str
+    roundtrip_usec: Optional[int]
+    status: str
+    via: Optional[str]
+
+    @property
+    def roundtrip_ms(self) -> Optional[str]:
+        """The round trip in ms, one decimal below 10 ms; None when Asterisk said N/A."""
+        if self.roundtrip_usec is None or self.status != "Reachable":
+            return None
+        ms = self.roundtrip_usec / 1000
+        return f"{ms:.1f}" if ms < 10 else str(round(ms))
+
 
 # --- the fleet: every Asterisk server ----------------------------------------------
 
@@ -756,6 +786,15 @@ class Database:
             return History(start, end, None, [], [], False, None, available=False)
 
         return self._first_available((HISTORY, query), (None, empty))
+
+    def contacts(self, device_id: int) -> list[ContactRow]:
+        """Every PJSIP contact of a device (none for chan_sip devices, or before schema 3)."""
+
+        def query(conn: Connection) -> list[ContactRow]:
+            rows = conn.execute(CONTACTS_OF_DEVICE, {"device_id": device_id}).all()
+            return [ContactRow(*row) for row in rows]
+
+        return self._first_available((CONTACTS, query), (None, lambda conn: []))
 
     def fleet(self) -> list[FleetServer]:
         """Every server in MOR's ``servers``, with its collector's state, by id."""

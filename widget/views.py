@@ -114,6 +114,7 @@ def device_status_page(device_id: str) -> Any:
         strip=charts.strip(history, device.kind, device.since) if history.available else None,
         sparkline=charts.sparkline(history),
         latency_range=latency_range(history),
+        contacts=db.contacts(device.id),
     )
 
 
