@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from panoramisk import Manager
 from panoramisk.actions import Action
@@ -305,41 +305,12 @@ async def _sip_peers(manager: _Manager, endpoint: AmiEndpoint) -> list[Peer]:
     action = _PeerListAction()
     manager.protocol.peer_list = action
     try:
-        await _await_list(manager, endpoint, action)
+        _send(manager, action)
+        await _await_stream(manager, endpoint, action, "the SIPpeers list", "PeerlistComplete")
     finally:
         manager.protocol.peer_list = None
     _check_list(endpoint, action)
     return action.peers
-
-
-async def _await_list(manager: _Manager, endpoint: AmiEndpoint, action: _PeerListAction) -> None:
-    _send(manager, action)
-    # The whole list has list_timeout; silence longer than timeout fails sooner.
-    deadline = time.monotonic() + endpoint.list_timeout
-    while not action.future.done():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AmiError(
-                f"SIPpeers list not complete within {endpoint.list_timeout:g} s "
-                f"({action.received} peers received) -- raise ami_list_timeout for large servers"
-            )
-        silent_for = time.monotonic() - action.last_activity
-        wait_for = min(remaining, max(0.01, endpoint.timeout - silent_for))
-        if silent_for >= endpoint.timeout:
-            raise AmiError(
-                f"Asterisk went silent for {endpoint.timeout:g} s in the middle of the SIPpeers "
-                f"list ({action.received} peers received)"
-            )
-        done, _ = await asyncio.wait(
-            {action.future, manager.closed_by_peer},
-            timeout=wait_for,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if manager.closed_by_peer in done and not action.future.done():
-            raise AmiError(
-                f"Asterisk closed the AMI connection in the middle of the SIPpeers list "
-                f"({action.received} peers received, no PeerlistComplete)"
-            )
 
 
 def _check_list(endpoint: AmiEndpoint, action: _PeerListAction) -> None:
@@ -496,10 +467,18 @@ class _PjsipStream:
             self.with_contacts.append(name)
 
 
+class _Streaming(Protocol):
+    """A list being received: its end, its entries so far, when the last one came."""
+
+    future: asyncio.Future[Any]
+    received: int
+    last_activity: float
+
+
 async def _await_stream(
-    manager: _Manager, endpoint: AmiEndpoint, stream: _PjsipStream, what: str
+    manager: _Manager, endpoint: AmiEndpoint, stream: _Streaming, what: str, end: str
 ) -> None:
-    """Wait for the stream's current phase: list_timeout in all, timeout of silence."""
+    """Wait for a list's ``end`` event: ``list_timeout`` in all, ``timeout`` of silence."""
     deadline = time.monotonic() + endpoint.list_timeout
     while not stream.future.done():
         remaining = deadline - time.monotonic()
@@ -522,7 +501,7 @@ async def _await_stream(
         if manager.closed_by_peer in done and not stream.future.done():
             raise AmiError(
                 f"Asterisk closed the AMI connection in the middle of {what} "
-                f"({stream.received} entries received)"
+                f"({stream.received} entries received, no {end})"
             )
 
 
@@ -554,7 +533,9 @@ async def _pjsip_contacts(manager: _Manager, endpoint: AmiEndpoint) -> list[Cont
     manager.protocol.stream = stream
     try:
         first = stream.send("PJSIPShowContacts")
-        await _await_stream(manager, endpoint, stream, "the PJSIPShowContacts list")
+        await _await_stream(
+            manager, endpoint, stream, "the PJSIPShowContacts list", "ContactListComplete"
+        )
         refused = _pjsip_refusal(endpoint, stream.lists[first])
         if refused is None or "no contacts found" in refused.lower():
             return stream.contacts
@@ -563,7 +544,9 @@ async def _pjsip_contacts(manager: _Manager, endpoint: AmiEndpoint) -> list[Cont
         # Asterisk 13-15: no PJSIPShowContacts
         stream.phase()
         listing = stream.send("PJSIPShowEndpoints")
-        await _await_stream(manager, endpoint, stream, "the PJSIPShowEndpoints list")
+        await _await_stream(
+            manager, endpoint, stream, "the PJSIPShowEndpoints list", "EndpointListComplete"
+        )
         refused = _pjsip_refusal(endpoint, stream.lists[listing])
         if refused is not None:
             if "no endpoints found" in refused.lower():
@@ -575,7 +558,9 @@ async def _pjsip_contacts(manager: _Manager, endpoint: AmiEndpoint) -> list[Cont
             raise AmiError(f"PJSIPShowEndpoints failed: {refused}")
         stream.phase()
         stream.show_endpoints(stream.with_contacts)
-        await _await_stream(manager, endpoint, stream, "the PJSIPShowEndpoint answers")
+        await _await_stream(
+            manager, endpoint, stream, "the PJSIPShowEndpoint answers", "EndpointDetailComplete"
+        )
         for state in stream.lists.values():
             if state.action == "PJSIPShowEndpoint":
                 refused = _pjsip_refusal(endpoint, state)
