@@ -791,23 +791,15 @@ def record_failure(engine: Engine, server_id: int, now: datetime, message: str) 
         with engine.begin() as conn:
             if not inspect(conn).has_table(schema.server_state.name):
                 return
-            result = conn.execute(
+            _update_server_row(
+                conn,
+                server_id,
                 update(schema.server_state)
                 .where(st.server_id == server_id)
-                .values(last_run=now, result=message[:255])
+                .values(last_run=now, result=message[:255]),
+                last_run=now,
+                result=message[:255],
             )
-            if result.rowcount == 0:
-                conn.execute(
-                    schema.server_state.insert().values(
-                        server_id=server_id,
-                        last_run=now,
-                        last_success=None,
-                        result=message[:255],
-                        duration_ms=0,
-                        peers=0,
-                        changed=0,
-                    )
-                )
     except SQLAlchemyError as err:
         log.warning("could not record the failure in the database: %s", describe_db_error(err))
 
@@ -833,26 +825,38 @@ def write_listener_state(engine: Engine, server_id: int, connected: bool, now: d
         )
     )
     with engine.begin() as conn:
-        if conn.execute(statement).rowcount:
-            return
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    schema.server_state.insert().values(
-                        server_id=server_id,
-                        last_run=now,
-                        last_success=None,
-                        result="no poll yet",
-                        duration_ms=0,
-                        peers=0,
-                        changed=0,
-                        listener_connected=connected,
-                        listener_seen=now,
-                        listener_since=now,
-                    )
+        _update_server_row(
+            conn,
+            server_id,
+            statement,
+            last_run=now,
+            result="no poll yet",
+            listener_connected=connected,
+            listener_seen=now,
+            listener_since=now,
+        )
+
+
+def _update_server_row(conn: Connection, server_id: int, statement: Any, **bare: Any) -> None:
+    """Run ``statement``, an UPDATE of the server's summary row; when no successful poll has
+    written that row yet, create it from ``bare`` instead. If another writer (the poll, the
+    listener) creates it at the same moment, theirs stands and ``statement`` updates it."""
+    if conn.execute(statement).rowcount:
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                schema.server_state.insert().values(
+                    server_id=server_id,
+                    last_success=None,
+                    duration_ms=0,
+                    peers=0,
+                    changed=0,
+                    **bare,
                 )
-        except IntegrityError:  # the poll created it meanwhile
-            conn.execute(statement)
+            )
+    except IntegrityError:
+        conn.execute(statement)
 
 
 @dataclass(frozen=True)
