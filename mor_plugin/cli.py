@@ -313,7 +313,8 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
         def work(conn: Connection) -> None:
             now = utc_now()
             devices = store.load_devices(conn, settings.server_id)
-            migrated = bool(store.schema_version(conn))
+            # a writing run migrated above; only a dry run may meet a database without our tables
+            migrated = not dry_run or bool(store.schema_version(conn))
             states: dict[int, DeviceState] = (
                 store.load_states(conn, settings.server_id) if migrated else {}
             )
