@@ -1,0 +1,284 @@
+"""SIP phones for the tests: they register with digest auth and answer qualify on cue.
+
+A ``PhoneBank`` is one UDP socket on 127.0.0.1 serving many phones, each with a
+contact URI of its own (``sip:<contact user>@127.0.0.1:<bank port>``): Asterisk
+qualifies a phone by sending OPTIONS to that URI, and the bank answers it as the
+phone's ``answer`` says -- at once, after a delay, or never. Answers can change while
+Asterisk is watching (``set_answer``), so a test can take a phone down and up again.
+
+Only what registration and qualify need is spoken: REGISTER with RFC 2617 digest
+(MD5, with or without ``qop=auth``, as chan_sip and res_pjsip ask), 200 OK to
+OPTIONS and NOTIFY, nothing else. The bank runs its own asyncio loop in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Optional
+
+#: a phone that never answers OPTIONS
+NEVER: Optional[float] = None
+
+
+@dataclass
+class Phone:
+    """One SIP account registered from the bank."""
+
+    user: str
+    password: str
+    #: seconds before answering OPTIONS; None: never answer
+    answer: Optional[float] = 0.0
+    #: the user part of the contact URI (a second contact of the same account needs another)
+    contact_user: str = ""
+    user_agent: str = "mor-test-phone"
+    registered: threading.Event = field(default_factory=threading.Event)
+    last_error: str = ""
+    options_answered: int = 0
+    options_ignored: int = 0
+
+    def __post_init__(self) -> None:
+        self.contact_user = self.contact_user or self.user
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 -- SIP digest is MD5
+
+
+def _headers(message: str) -> tuple[str, list[tuple[str, str]]]:
+    head = message.split("\r\n\r\n", 1)[0].split("\r\n")
+    pairs = []
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        pairs.append((name.strip(), value.strip()))
+    return head[0], pairs
+
+
+def _get(pairs: list[tuple[str, str]], *names: str) -> str:
+    wanted = {n.lower() for n in names}
+    for name, value in pairs:
+        if name.lower() in wanted:
+            return value
+    return ""
+
+
+def _digest_params(challenge: str) -> dict[str, str]:
+    return {k.lower(): v for k, v in re.findall(r'(\w+)="?([^",]*)"?', challenge)}
+
+
+def _authorization(phone: Phone, challenge: str, uri: str, nc: int) -> str:
+    params = _digest_params(challenge)
+    realm, nonce = params.get("realm", ""), params.get("nonce", "")
+    ha1 = _md5(f"{phone.user}:{realm}:{phone.password}")
+    ha2 = _md5(f"REGISTER:{uri}")
+    parts = [
+        f'username="{phone.user}"',
+        f'realm="{realm}"',
+        f'nonce="{nonce}"',
+        f'uri="{uri}"',
+        "algorithm=MD5",
+    ]
+    if "auth" in params.get("qop", "").split(","):
+        cnonce = secrets.token_hex(8)
+        response = _md5(f"{ha1}:{nonce}:{nc:08x}:{cnonce}:auth:{ha2}")
+        parts += ["qop=auth", f"nc={nc:08x}", f'cnonce="{cnonce}"']
+    else:
+        response = _md5(f"{ha1}:{nonce}:{ha2}")
+    parts.append(f'response="{response}"')
+    if "opaque" in params:
+        parts.append(f'opaque="{params["opaque"]}"')
+    return "Digest " + ", ".join(parts)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, bank: PhoneBank) -> None:
+        self.bank = bank
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.bank._received(data.decode("utf-8", "replace"), addr)
+
+
+class PhoneBank:
+    """Many phones on one UDP socket, registering to one registrar (Asterisk's SIP port)."""
+
+    def __init__(self, registrar_port: int, phones: Iterable[Phone] = (), expires: int = 3600):
+        self.registrar = ("127.0.0.1", registrar_port)
+        self.expires = expires
+        self.phones: dict[str, Phone] = {}  # by contact user
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._transport: Optional[asyncio.DatagramTransport] = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._pending: dict[str, tuple[Phone, int]] = {}  # Call-ID -> (phone, cseq)
+        self._tag = secrets.token_hex(4)
+        for phone in phones:
+            self.add(phone)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> PhoneBank:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._open(), self._loop)
+        future.result(5)
+        return self
+
+    async def _open(self) -> None:
+        transport, _ = await self._loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=("127.0.0.1", 0)
+        )
+        self._transport = transport  # type: ignore[assignment]
+        self.port = transport.get_extra_info("sockname")[1]
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._loop.call_soon_threadsafe(self._transport.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> PhoneBank:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- phones -----------------------------------------------------------------------
+
+    def add(self, phone: Phone) -> Phone:
+        self.phones[phone.contact_user] = phone
+        return phone
+
+    def set_answer(self, contact_user: str, answer: Optional[float]) -> None:
+        """From now on answer this phone's OPTIONS after ``answer`` seconds (None: never)."""
+        self.phones[contact_user].answer = answer
+
+    def register(
+        self, phones: Optional[Iterable[Phone]] = None, timeout: float = 20.0, rate: int = 500
+    ) -> None:
+        """Register the phones (all by default), at most ``rate`` REGISTERs a second; wait until
+        each got its 200 OK. A phone Asterisk refuses raises, naming the phone and the answer."""
+        chosen = list(self.phones.values() if phones is None else phones)
+        for phone in chosen:
+            phone.registered.clear()
+            phone.last_error = ""
+        asyncio.run_coroutine_threadsafe(self._register_all(chosen, rate), self._loop).result(
+            timeout
+        )
+        for phone in chosen:
+            if not phone.registered.wait(max(0.0, timeout)):
+                raise TimeoutError(
+                    f"phone {phone.contact_user} not registered within {timeout:g} s"
+                    f"{': ' + phone.last_error if phone.last_error else ''}"
+                )
+
+    def unregister(self, phones: Iterable[Phone]) -> None:
+        """REGISTER with ``Expires: 0`` (no wait)."""
+        for phone in phones:
+            self._loop.call_soon_threadsafe(self._send_register, phone, None, 0)
+
+    async def _register_all(self, phones: list[Phone], rate: int) -> None:
+        for index, phone in enumerate(phones):
+            self._send_register(phone, None, self.expires)
+            if rate and index % max(1, rate // 50) == 0:
+                await asyncio.sleep(0.02)
+
+    # -- SIP --------------------------------------------------------------------------
+
+    def _send(self, text: str) -> None:
+        assert self._transport is not None
+        self._transport.sendto(text.encode(), self.registrar)
+
+    def _send_register(
+        self,
+        phone: Phone,
+        authorization: Optional[str],
+        expires: int,
+        call_id: str = "",
+        cseq: int = 1,
+    ) -> None:
+        host, port = self.registrar
+        uri = f"sip:{host}:{port}"
+        call_id = call_id or f"{secrets.token_hex(8)}@127.0.0.1"
+        self._pending[call_id] = (phone, cseq)
+        lines = [
+            f"REGISTER {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};rport;branch=z9hG4bK{secrets.token_hex(8)}",
+            "Max-Forwards: 70",
+            f"From: <sip:{phone.user}@{host}>;tag={self._tag}{phone.contact_user}",
+            f"To: <sip:{phone.user}@{host}>",
+            f"Call-ID: {call_id}",
+            f"CSeq: {cseq} REGISTER",
+            f"Contact: <sip:{phone.contact_user}@127.0.0.1:{self.port}>",
+            f"Expires: {expires}",
+            f"User-Agent: {phone.user_agent}",
+        ]
+        if authorization:
+            lines.append(f"Authorization: {authorization}")
+        lines += ["Content-Length: 0", "", ""]
+        self._send("\r\n".join(lines))
+
+    def _received(self, message: str, addr: tuple[str, int]) -> None:
+        first, headers = _headers(message)
+        if first.startswith("SIP/2.0 "):
+            self._response(first, headers)
+        else:
+            self._request(first, headers, addr)
+
+    def _response(self, first: str, headers: list[tuple[str, str]]) -> None:
+        code = int(first.split()[1])
+        call_id = _get(headers, "Call-ID", "i")
+        entry = self._pending.get(call_id)
+        if entry is None or code < 200:
+            return
+        phone, cseq = entry
+        expires_header = _get(headers, "Expires")
+        if code == 200:
+            del self._pending[call_id]
+            phone.registered.set()
+            return
+        challenge = ""
+        for name, value in headers:  # the MD5 challenge, where several algorithms are offered
+            offered = name.lower() in ("www-authenticate", "proxy-authenticate")
+            if offered and (not challenge or "md5" in value.lower()):
+                challenge = value
+        if code in (401, 407) and challenge and cseq < 3:
+            del self._pending[call_id]
+            host, port = self.registrar
+            expires = int(expires_header) if expires_header.isdigit() else self.expires
+            auth = _authorization(phone, challenge, f"sip:{host}:{port}", cseq)
+            self._send_register(phone, auth, expires, call_id, cseq + 1)
+            return
+        del self._pending[call_id]
+        phone.last_error = first
+
+    def _request(self, first: str, headers: list[tuple[str, str]], addr: tuple[str, int]) -> None:
+        method, uri = (first.split() + ["", ""])[:2]
+        user = uri.split(":", 1)[-1].split("@", 1)[0]
+        phone = self.phones.get(user)
+        if method == "OPTIONS" and phone is not None:
+            if phone.answer is None:
+                phone.options_ignored += 1
+                return
+            phone.options_answered += 1
+            self._loop.call_later(phone.answer, self._reply, headers, addr, phone)
+        elif method in ("OPTIONS", "NOTIFY"):
+            self._reply(headers, addr, phone)
+
+    def _reply(
+        self, headers: list[tuple[str, str]], addr: tuple[str, int], phone: Optional[Phone]
+    ) -> None:
+        lines = ["SIP/2.0 200 OK"]
+        for name, value in headers:
+            if name.lower() in ("via", "v", "from", "f", "call-id", "i", "cseq"):
+                lines.append(f"{name}: {value}")
+            elif name.lower() in ("to", "t"):
+                lines.append(f"{name}: {value}" + ("" if "tag=" in value else f";tag={self._tag}"))
+        if phone is not None:
+            lines.append(f"User-Agent: {phone.user_agent}")
+        lines += ["Content-Length: 0", "", ""]
+        assert self._transport is not None
+        self._transport.sendto("\r\n".join(lines).encode(), addr)
