@@ -313,6 +313,16 @@ async def _sip_peers(manager: _Manager, endpoint: AmiEndpoint) -> list[Peer]:
     return action.peers
 
 
+def _not_permitted(endpoint: AmiEndpoint, action: str) -> AmiError:
+    """Asterisk refused an action: it authorises actions by the user's *write* classes
+    (``read`` only decides which events the user gets)."""
+    return AmiError(
+        f"AMI user {endpoint.username!r} may not run {action} "
+        "-- Asterisk authorises actions by the user's write classes: give it "
+        "'write = system,reporting' in manager.conf"
+    )
+
+
 def _check_list(endpoint: AmiEndpoint, action: _PeerListAction) -> None:
     """A refused or inconsistent list fails the run."""
     first = action.first or {}
@@ -324,10 +334,7 @@ def _check_list(endpoint: AmiEndpoint, action: _PeerListAction) -> None:
                 "(removed in Asterisk 21) -- set peer_source = auto or pjsip in mor.conf"
             )
         if "permission denied" in message.lower():
-            raise AmiError(
-                f"AMI user {endpoint.username!r} may not run SIPpeers "
-                "-- give it 'read = system,reporting' in manager.conf"
-            )
+            raise _not_permitted(endpoint, "SIPpeers")
         raise AmiError(f"SIPpeers failed: {message or 'no reason given'}")
     complete = action.complete or {}
     listed = complete.get("ListItems", "").strip()
@@ -519,10 +526,7 @@ def _pjsip_refusal(endpoint: AmiEndpoint, state: _PjsipList) -> Optional[str]:
         return None
     message = _one_line(first.get("Message", ""))
     if "permission denied" in message.lower():
-        raise AmiError(
-            f"AMI user {endpoint.username!r} may not run {state.action} "
-            "-- give it 'read = system,reporting' in manager.conf"
-        )
+        raise _not_permitted(endpoint, state.action)
     return message or "no reason given"
 
 

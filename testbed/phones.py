@@ -135,10 +135,18 @@ class PhoneBank:
         self.port = transport.get_extra_info("sockname")[1]
 
     def close(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        if not self._loop.is_closed() and not self._thread.is_alive():
+            self._loop.close()
+
+    async def _close(self) -> None:
         if self._transport is not None:
-            self._loop.call_soon_threadsafe(self._transport.close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+            self._transport.close()
+            await asyncio.sleep(0)  # the socket closes on the loop's next turn
+            await asyncio.sleep(0)
 
     def __enter__(self) -> PhoneBank:
         return self.start()
