@@ -36,7 +36,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
 from .pjsip import Contact, contact_from_fields
-from .status import Peer, format_uptime, peer_from_fields
+from .status import Peer, format_uptime, normalize_status, peer_from_fields
 
 log = logging.getLogger(__name__)
 #: Every AMI message, at DEBUG level only when mor.conf says ``debug = 1``.
@@ -263,6 +263,9 @@ async def _login(manager: _Manager, endpoint: AmiEndpoint, events: str = "off") 
     }
     answer = await _wait(manager, _send(manager, login), endpoint.timeout, "the login answer")
     if answer.get("Response", "") != "Success":
+        reason = _one_line(answer.get("Message", ""))
+        if "shutting down" in reason.lower():  # a restart, not a wrong secret: try again
+            raise AmiError(f"Asterisk refused the AMI login: {reason}")
         raise AmiAuthError(
             f"Asterisk refused AMI login for user {endpoint.username!r}: "
             f"{_one_line(answer.get('Message', 'no reason given'))} "
@@ -654,6 +657,23 @@ async def ping(manager: _Manager, endpoint: AmiEndpoint) -> None:
     answer = await _wait(manager, _send(manager, {"Action": "Ping"}), endpoint.timeout, "Pong")
     if answer.get("Response", "") not in ("Success", "Pong"):
         raise AmiError(f"Ping failed: {_one_line(answer.get('Message', 'no reason given'))}")
+
+
+async def sip_peer_status(manager: _Manager, endpoint: AmiEndpoint, name: str) -> Optional[str]:
+    """``SIPshowpeer``'s ``Status`` of one chan_sip peer -- exactly the string ``sip show
+    peers`` prints -- or None when Asterisk does not know the peer."""
+    answer = await _wait(
+        manager,
+        _send(manager, {"Action": "SIPshowpeer", "Peer": name}),
+        endpoint.timeout,
+        f"SIPshowpeer {name}",
+    )
+    if answer.get("Response", "") != "Success":
+        message = _one_line(answer.get("Message", ""))
+        if "permission denied" in message.lower():
+            raise _not_permitted(endpoint, "SIPshowpeer")
+        return None
+    return normalize_status(str(answer.get("Status", "")))
 
 
 def connection_closed(manager: _Manager) -> asyncio.Future[None]:

@@ -46,7 +46,17 @@ from . import ami, notify, pjsip, store, textfile
 from .ami import AmiAuthError, AmiEndpoint, AmiError
 from .config import Settings
 from .pjsip import Contact, ContactEvent, contact_event_from_fields
-from .status import Device, FlapRule, PeerEvent, Plan, peer_event_from_fields, plan_events
+from .status import (
+    UNKNOWN,
+    Device,
+    FlapRule,
+    PeerEvent,
+    Plan,
+    kind_of,
+    needs_peer_lookup,
+    peer_event_from_fields,
+    plan_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +64,10 @@ T = TypeVar("T")
 
 #: Events arriving within this many seconds are written in one transaction.
 BATCH_WINDOW = 0.15
+#: After a chan_sip Registered event, when to ask SIPshowpeer for the qualify answer
+#: (seconds after the previous ask; chan_sip sends no event for the first answer). The
+#: last ask comes after twice chan_sip's default qualify limit.
+LOOKUPS_AFTER_REGISTERED = (0.3, 0.7, 1.5, 2.5)
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
 
@@ -86,6 +100,8 @@ class Listener:
         self._pending: list[PeerEvent] = []
         self._pending_contacts: list[tuple[datetime, ContactEvent]] = []
         self._arrived = asyncio.Event()
+        self._manager: Optional[Any] = None  # the AMI session, for SIPshowpeer look-ups
+        self._lookups: set[asyncio.Future[None]] = set()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mor-watch-db")
         self._webhooks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mor-watch-hook")
         #: sessions opened, events applied, batches written (for logs and tests)
@@ -132,6 +148,7 @@ class Listener:
     async def _session(self) -> None:
         """One AMI session until stop (returns) or failure (raises)."""
         manager = await ami.open_event_session(self.endpoint, self._on_event)
+        self._manager = manager
         self.sessions += 1
         writer = asyncio.ensure_future(self._write_batches())
         stopping: asyncio.Future[Any] = asyncio.ensure_future(self.stop.wait())
@@ -159,6 +176,9 @@ class Listener:
                 await self._heartbeat()
         finally:
             stopping.cancel()
+            self._manager = None
+            for lookup in list(self._lookups):
+                lookup.cancel()
             ami.close(manager)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,8 +198,41 @@ class Listener:
         event = peer_event_from_fields(fields, self.utc_now())
         if event is None:
             return
+        if needs_peer_lookup(event):
+            registered = event.status == "Registered"
+            lookup = asyncio.ensure_future(self._look_up(event.name, registered))
+            self._lookups.add(lookup)
+            lookup.add_done_callback(self._lookups.discard)
+            if not registered:
+                return  # no figure to store until Asterisk says it
         self._pending.append(event)
         self._arrived.set()
+
+    async def _look_up(self, name: str, registered: bool) -> None:
+        """Ask Asterisk (``SIPshowpeer``) for the status string an event left unknown, and
+        apply it as an observation of its own; after Registered, until the qualify answer
+        is in. A failed ask is logged: the next poll heals the device."""
+        for delay in LOOKUPS_AFTER_REGISTERED if registered else (0.0,):
+            await asyncio.sleep(delay)
+            manager = self._manager
+            if manager is None:
+                return
+            try:
+                reg_status = await ami.sip_peer_status(manager, self.endpoint, name)
+            except AmiError as err:
+                log.warning(
+                    "listener: status of %s not known (the next poll heals it): %s", name, err
+                )
+                return
+            if reg_status is None:
+                return
+            if registered and kind_of(reg_status) == UNKNOWN:
+                continue  # the qualify answer is not in yet
+            self._pending.append(
+                PeerEvent(name, "SIPshowpeer", self.utc_now(), direct=True, reg_status=reg_status)
+            )
+            self._arrived.set()
+            return
 
     async def _write_batches(self) -> None:
         while True:

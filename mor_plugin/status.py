@@ -470,6 +470,17 @@ def peer_event_from_fields(fields: Mapping[str, str], at: datetime) -> Optional[
     return PeerEvent(name=name, status=status, at=at, time_ms=time_ms, ip=ip, port=port)
 
 
+def needs_peer_lookup(event: PeerEvent) -> bool:
+    """Whether the event leaves the status string unknown, so that Asterisk must be asked
+    for it (``SIPshowpeer``): a Reachable/Lagged without ``Time``, and a Registered,
+    whose qualify answer follows without an event of its own."""
+    if event.direct:
+        return False
+    if event.status in ("Reachable", "Lagged"):
+        return event.time_ms is None
+    return event.status == "Registered"
+
+
 def qualify_limit(qualify: Optional[str]) -> Optional[int]:
     """chan_sip's ``maxms`` for ``devices.qualify``: None when qualify is off."""
     value = (qualify or "").strip().lower()
@@ -485,10 +496,10 @@ def event_status(
 ) -> Optional[str]:
     """What chan_sip's ``peer_status()`` prints after a ``PeerStatus`` event; None: unchanged.
 
-    * ``Reachable``/``Lagged``: ``OK (N ms)``/``LAGGED (N ms)`` with ``Time``; an
-      event without ``Time`` keeps the latency of the stored string until the
-      next poll (none stored: 1 ms, chan_sip's "known but under 1 ms", or just
-      over the qualify limit for LAGGED).
+    * ``Reachable``/``Lagged``: ``OK (N ms)``/``LAGGED (N ms)`` with ``Time``. Without
+      ``Time`` (chan_sip's Reachable after Unreachable carries none) unchanged: no
+      figure is made up; the listener asks Asterisk for the peer's status instead
+      (``needs_peer_lookup``).
     * ``Unreachable``: ``UNREACHABLE`` (the hour rule to UNKNOWN applies later).
     * ``Registered``: qualify off: ``Unmonitored``. Qualify on: a device not
       seen before (NULL, or Unmonitored) reads ``UNKNOWN`` -- chan_sip knows an
@@ -501,10 +512,9 @@ def event_status(
     """
     limit = qualify_limit(qualify)
     if status in ("Reachable", "Lagged"):
-        ms = time_ms if time_ms is not None and time_ms > 0 else latency_ms(stored)
-        if status == "Reachable":
-            return f"OK ({ms or 1} ms)"
-        return f"LAGGED ({ms or (limit or DEFAULT_MAXMS) + 1} ms)"
+        if time_ms is None or time_ms <= 0:
+            return None
+        return f"OK ({time_ms} ms)" if status == "Reachable" else f"LAGGED ({time_ms} ms)"
     if status == "Unreachable":
         return "UNREACHABLE"
     if status == "Registered":

@@ -19,6 +19,7 @@ from mor_plugin.status import (
     event_status,
     flap_update,
     is_flapping,
+    needs_peer_lookup,
     notified_after,
     peer_event_from_fields,
     plan_cycle,
@@ -98,14 +99,35 @@ def test_qualify_limit(qualify: Optional[str], limit: Optional[int]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("status", "time_ms", "direct", "expected"),
+    [
+        ("Reachable", None, False, True),  # chan_sip after Unreachable: no Time
+        ("Lagged", None, False, True),
+        ("Reachable", 91, False, False),
+        ("Lagged", 2345, False, False),
+        ("Registered", None, False, True),  # the first qualify answer sends no event
+        ("Unreachable", None, False, False),
+        ("Unregistered", None, False, False),
+        ("Rejected", None, False, False),
+        ("Reachable", None, True, False),  # a value Asterisk already gave
+    ],
+)
+def test_events_that_leave_the_status_unknown_need_a_look_up(
+    status: str, time_ms: Optional[int], direct: bool, expected: bool
+) -> None:
+    event = PeerEvent("101", status, T0, time_ms, direct=direct, reg_status="OK (1 ms)")
+    assert needs_peer_lookup(event) is expected
+
+
+@pytest.mark.parametrize(
     ("status", "time_ms", "qualify", "stored", "expected"),
     [
         ("Reachable", 23, "yes", "UNREACHABLE", "OK (23 ms)"),
-        ("Reachable", None, "yes", "LAGGED (2500 ms)", "OK (2500 ms)"),
-        ("Reachable", None, "yes", "UNKNOWN", "OK (1 ms)"),
+        ("Reachable", None, "yes", "LAGGED (2500 ms)", None),  # no Time: ask Asterisk
+        ("Reachable", None, "yes", "UNREACHABLE", None),
         ("Lagged", 2345, "yes", "OK (20 ms)", "LAGGED (2345 ms)"),
-        ("Lagged", None, "yes", "OK (20 ms)", "LAGGED (20 ms)"),
-        ("Lagged", None, "500", None, "LAGGED (501 ms)"),
+        ("Lagged", None, "yes", "OK (20 ms)", None),
+        ("Lagged", None, "500", None, None),
         ("Unreachable", None, "yes", "OK (20 ms)", "UNREACHABLE"),
         ("Registered", None, "yes", None, "UNKNOWN"),
         ("Registered", None, "yes", "Unmonitored", "UNKNOWN"),
@@ -164,10 +186,14 @@ def test_plan_events_applies_a_batch_in_order_to_every_device_of_the_name() -> N
     batch = events(
         ("shared", "Unreachable", None, 1),
         ("shared", "Reachable", 9, 2),
-        ("101", "Lagged", None, 3),
+        ("101", "Lagged", 2345, 3),
     )
     plan = plan_events(1, batch, DEVICES, STATES, HOUR)
-    assert dict(plan.reg_status_changes) == {1: "LAGGED (12 ms)", 3: "OK (9 ms)", 4: "OK (9 ms)"}
+    assert dict(plan.reg_status_changes) == {
+        1: "LAGGED (2345 ms)",
+        3: "OK (9 ms)",
+        4: "OK (9 ms)",
+    }
     assert [(t.device_id, t.to_status) for t in plan.transitions] == [
         (3, "unreachable"),
         (4, "unreachable"),

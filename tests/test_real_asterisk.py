@@ -352,9 +352,7 @@ def ast16_users(chroots: None, tmp_path: Path) -> Iterator[World]:
 def test_a_user_without_write_privileges_is_told_to_add_write(
     ast16_users: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(
-        ast16_users.conf(ami_username="readonly", peer_source="sip"), capsys=capsys
-    )
+    code, _, err = run(ast16_users.conf(ami_username="readonly", peer_source="sip"), capsys=capsys)
     assert code == 3
     assert err.strip().splitlines() == [
         "mor-retrieve-peers: AMI user 'readonly' may not run SIPpeers "
@@ -374,3 +372,70 @@ def test_a_user_with_write_privileges_only_polls(
     settled16(ast16_users)
     result = poll(ast16_users, capsys, ami_username="writeonly", peer_source="sip")
     assert result["peers"] == 5
+
+
+# -- the listener ------------------------------------------------------------------------
+
+
+def listener_connected(mor: MorDatabase) -> Any:
+    return mor.execute(
+        "SELECT listener_connected FROM mor_regstatus_servers WHERE server_id = :s", s=SERVER
+    ).scalar()
+
+
+def test_the_listener_shows_a_phone_coming_back_with_the_latency_asterisk_measured(
+    ast16: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ast16.sip is not None
+    settled16(ast16)
+    conf = ast16.conf(peer_source="sip", watch_ping_interval=0.5, ami_timeout=2)
+    summary(conf, capsys)
+    assert status_of(ast16.mor, "103") == "UNREACHABLE"
+    with listening(load_settings(conf), first_backoff=0.2):
+        wait_for(lambda: listener_connected(ast16.mor) == 1)
+        ast16.sip.set_answer("103", 0.08)  # 80 ms against its 300 ms limit
+        # chan_sip polls an unreachable peer every 10 s; its Reachable event has no Time
+        wait_for(lambda: str(status_of(ast16.mor, "103")).startswith("OK"), timeout=20)
+        asterisk_says = sip_show_peers(ast16.ast)["103"]
+        assert status_of(ast16.mor, "103") == asterisk_says
+        assert 80 <= int(asterisk_says[4:].split()[0]) < 300  # a real round trip, not 1 ms
+        ast16.sip.set_answer("103", NEVER)
+        started = time.monotonic()
+        wait_for(lambda: status_of(ast16.mor, "103") == "UNREACHABLE", timeout=10)
+        assert time.monotonic() - started < 5  # qualifyfreq 2 s + twice the 300 ms limit
+
+
+def test_the_listener_reports_a_new_registration_with_its_qualify_answer(
+    ast16: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ast16.sip is not None
+    settled16(ast16)
+    conf = ast16.conf(peer_source="sip", watch_ping_interval=0.5, ami_timeout=2)
+    summary(conf, capsys)
+    with listening(load_settings(conf), first_backoff=0.2):
+        wait_for(lambda: listener_connected(ast16.mor) == 1)
+        phone = ast16.sip.add(Phone("105", "pw105", answer=0.05))
+        ast16.sip.register([phone])
+        # chan_sip sends Registered, then no event for the first qualify answer
+        wait_for(lambda: str(status_of(ast16.mor, "105")).startswith("OK"), timeout=10)
+        assert status_of(ast16.mor, "105") == sip_show_peers(ast16.ast)["105"]
+
+
+def test_the_listener_follows_asterisk_through_a_restart(
+    ast16: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ast16.sip is not None
+    settled16(ast16)
+    conf = ast16.conf(peer_source="sip", watch_ping_interval=0.3, ami_timeout=1)
+    summary(conf, capsys)
+    with listening(load_settings(conf), first_backoff=0.2) as running:
+        wait_for(lambda: listener_connected(ast16.mor) == 1)
+        ast16.ast.stop()
+        wait_for(lambda: listener_connected(ast16.mor) == 0, timeout=10)
+        ast16.ast.start()
+        ast16.sip.register()  # chan_sip realtime forgot every peer: the phones register again
+        wait_for(lambda: listener_connected(ast16.mor) == 1, timeout=15)
+        assert running.listener.sessions >= 2
+        ast16.sip.set_answer("101", NEVER)
+        wait_for(lambda: status_of(ast16.mor, "101") == "UNREACHABLE", timeout=15)
+        assert sip_show_peers(ast16.ast)["101"] == "UNREACHABLE"
