@@ -114,7 +114,9 @@ server_state = Table(
     Column("n_unmonitored", Integer, nullable=False, default=0),
     Column("n_none", Integer, nullable=False, default=0),
     Column("n_wrong_server", Integer, nullable=False, default=0),
-    Column("asterisk_version", String(30)),
+    # schema 4: 255 (was 30): Debian's "22.10.1+dfsg+~cs6.17.60671434-1" is 31 characters;
+    # the full text is kept here, MOR's servers.version (varchar(30)) gets what fits
+    Column("asterisk_version", String(255)),
     # schema 2: the AMI event listener (mor-retrieve-peers --watch) of this server
     Column("listener_connected", Boolean, nullable=False, server_default=text("0")),
     Column("listener_seen", DateTime),  # its last heartbeat

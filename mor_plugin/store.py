@@ -125,11 +125,22 @@ def _migration_3(conn: Connection) -> None:
     schema.contacts.create(conn, checkfirst=True)
 
 
+def _migration_4(conn: Connection) -> None:
+    """The server's full Asterisk version (Debian's strings are longer than 30)."""
+    if _is_mysql(conn):  # SQLite does not enforce VARCHAR lengths
+        column = schema.server_state.c.asterisk_version
+        ddl = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE {schema.server_state.name} MODIFY COLUMN asterisk_version {ddl} NULL"
+        )
+
+
 #: (version, migration) in order; a migration must be safe to run twice.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
+    (4, _migration_4),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -580,7 +591,7 @@ def _write_wrong_server(
             "device_id": r.device_id,
             "seen_on_server_id": server_id,
             "assigned_server_id": r.assigned_server_id,
-            "peer_name": r.peer_name[:100],
+            "peer_name": fit(w.peer_name, r.peer_name),
             "reg_status": r.reg_status,
             "ip": r.ip,
             "port": r.port,
@@ -590,6 +601,15 @@ def _write_wrong_server(
         for r in records
     ]
     _upsert(conn, schema.wrong_server, rows, ("device_id", "seen_on_server_id"))
+
+
+def fit(column: Any, value: Optional[str]) -> Optional[str]:
+    """``value`` cut to the column's declared length: a long text from Asterisk is stored
+    as far as it fits, never fails the write (MySQL's strict mode refuses it whole)."""
+    length = getattr(column.type, "length", None)
+    if value is None or length is None:
+        return value
+    return value[:length]
 
 
 def _write_server_run(conn: Connection, run: ServerRun) -> None:
@@ -602,7 +622,9 @@ def _write_server_run(conn: Connection, run: ServerRun) -> None:
         "peers": run.peers,
         "changed": run.changed,
         "n_wrong_server": run.wrong_server,
-        "asterisk_version": (run.asterisk_version or None),
+        "asterisk_version": fit(
+            schema.server_state.c.asterisk_version, run.asterisk_version or None
+        ),
         "observed_at": run.observed_at or run.at,
     }
     for kind, column in schema.COUNT_COLUMNS.items():
@@ -610,9 +632,9 @@ def _write_server_run(conn: Connection, run: ServerRun) -> None:
     _upsert(conn, schema.server_state, [row], ("server_id",))
     values = {}
     if run.asterisk_version:
-        values["version"] = run.asterisk_version[:30]
+        values["version"] = fit(schema.servers.c.version, run.asterisk_version)
     if run.uptime:
-        values["uptime"] = run.uptime[:150]
+        values["uptime"] = fit(schema.servers.c.uptime, run.uptime)
     if values:
         conn.execute(
             update(schema.servers).where(schema.servers.c.id == run.server_id).values(**values)

@@ -439,3 +439,63 @@ def test_the_listener_follows_asterisk_through_a_restart(
         ast16.sip.set_answer("101", NEVER)
         wait_for(lambda: status_of(ast16.mor, "101") == "UNREACHABLE", timeout=15)
         assert sip_show_peers(ast16.ast)["101"] == "UNREACHABLE"
+
+
+# -- Asterisk 22: PJSIP only ---------------------------------------------------------------
+
+
+def settled22(world: World) -> dict[str, str]:
+    def ready() -> dict[str, str]:
+        contacts = pjsip_show_contacts(world.ast)
+        ok = (
+            contacts.get(world.contact("pj1-desk")) == "Avail"
+            and contacts.get(world.contact("pj1-mobile")) == "Unavail"
+            and contacts.get(world.contact("pj2")) == "Unavail"
+        )
+        return contacts if ok else {}
+
+    return wait_for(ready, timeout=15, every=0.2)  # type: ignore[no-any-return]
+
+
+def test_the_default_poll_just_works_on_asterisk_22(
+    ast22: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settled22(ast22)
+    result = poll(ast22, capsys)  # peer_source defaults to auto: chan_sip is gone in 21+
+    got = stored(ast22.mor)
+    assert got["pj1"] is not None and re.fullmatch(r"OK \(\d+ ms\)", got["pj1"])
+    assert (got["pj2"], got["pj3"]) == ("UNREACHABLE", None)
+    assert result["peers"] == 2
+
+
+def test_debians_long_asterisk_22_version_is_kept_whole_and_fitted_into_mors_column(
+    ast22: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    version = ast22.ast.cli("core show version").split()[1]  # "Asterisk 22.10.1+dfsg+..."
+    assert len(version) > 30  # Debian's own string: the case that failed every run
+    settled22(ast22)
+    poll(ast22, capsys)
+    ours = ast22.mor.execute(
+        "SELECT asterisk_version, result FROM mor_regstatus_servers WHERE server_id = :s",
+        s=SERVER,
+    ).one()
+    assert tuple(ours) == (version, "ok")
+    mors = ast22.mor.execute("SELECT version FROM servers WHERE id = :s", s=SERVER).scalar()
+    assert mors == version[:30]
+
+
+def test_the_listener_follows_pjsip_contacts_of_asterisk_22(
+    ast22: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settled22(ast22)
+    conf = ast22.conf(watch_ping_interval=0.5, ami_timeout=2)
+    summary(conf, capsys)
+    assert status_of(ast22.mor, "pj2") == "UNREACHABLE"
+    with listening(load_settings(conf), first_backoff=0.2):
+        wait_for(lambda: listener_connected(ast22.mor) == 1)
+        ast22.pjsip.set_answer("pj2", 0.06)
+        wait_for(lambda: str(status_of(ast22.mor, "pj2")).startswith("OK ("), timeout=10)
+        ms = int(str(status_of(ast22.mor, "pj2"))[4:].split()[0])
+        assert 60 <= ms < 500  # RoundtripUsec of the real answer
+        ast22.pjsip.set_answer("pj1-desk", NEVER)  # pj1's other contact is silent too
+        wait_for(lambda: status_of(ast22.mor, "pj1") == "UNREACHABLE", timeout=10)
