@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PORT   ?= 8080
 
-.PHONY: demo test lint typecheck pytest system-deps venv bench bench-quick clean
+.PHONY: demo test lint typecheck pytest system-deps asterisk venv bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +17,19 @@ venv: $(VENV)/.installed
 system-deps:
 	scripts/system-deps.sh
 
+# Debian's Asterisk 16 and 22 for the real-Asterisk tests and benchmarks, debootstrapped
+# once into $$MOR_TEST_CACHE (default /var/cache/mor-regstatus-tests) and reused.
+asterisk: system-deps
+	$(PYTHON) -m testbed.asterisk build 16 22
+
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check mor_plugin widget tests bench
+	$(VENV)/bin/ruff format --check mor_plugin widget tests bench testbed
 
 typecheck: venv
 	$(VENV)/bin/mypy
 
-pytest: venv system-deps
+pytest: venv system-deps asterisk
 	$(VENV)/bin/pytest
 
 test: system-deps venv lint typecheck pytest
@@ -32,7 +37,7 @@ test: system-deps venv lint typecheck pytest
 demo: venv
 	$(PY) -m widget.demo --port $(PORT)
 
-bench: venv system-deps
+bench: venv system-deps asterisk
 	$(PY) -m bench
 
 bench-quick: venv system-deps

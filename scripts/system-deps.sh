@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need from the operating system:
-# MariaDB (server running, root over the socket) and Debian's chromium.
+# MariaDB (server running, root over the socket), Debian's chromium, and debootstrap
+# for the real-Asterisk chroots (built by 'make asterisk').
 # As root it installs what is missing; otherwise it names what is missing and fails.
 set -euo pipefail
 
@@ -8,6 +9,9 @@ need_pkgs=()
 [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || command -v mysql >/dev/null 2>&1 || need_pkgs+=(mariadb-client)
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+# the real-Asterisk tier: Debian's Asterisk debootstrapped into a cached chroot
+[ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
+command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -248,7 +248,6 @@ class Asterisk:
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         dirs = {
             "astetcdir": "etc",
-            "astvarlibdir": None,
             "astdbdir": "lib",
             "astkeydir": "lib",
             "astspooldir": "spool",
@@ -257,9 +256,9 @@ class Asterisk:
             "astcachedir": "lib",
         }
         lines = ["[directories]", f"astmoddir => {self.module_dir}"]
-        for key, sub in dirs.items():
-            lines.append(f"{key} => {self.inner}/{sub}" if sub else f"{key} => /var/lib/asterisk")
+        lines += [f"{key} => {self.inner}/{sub}" for key, sub in dirs.items()]
         lines += [
+            "astvarlibdir => /var/lib/asterisk",  # the packaged sounds and keys
             "astdatadir => /usr/share/asterisk",
             "astagidir => /usr/share/asterisk/agi-bin",
             "astsbindir => /usr/sbin",

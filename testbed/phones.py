@@ -131,7 +131,7 @@ class PhoneBank:
         transport, _ = await self._loop.create_datagram_endpoint(
             lambda: _Protocol(self), local_addr=("127.0.0.1", 0)
         )
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         self.port = transport.get_extra_info("sockname")[1]
 
     def close(self) -> None:
