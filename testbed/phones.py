@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -106,9 +108,19 @@ class _Protocol(asyncio.DatagramProtocol):
 class PhoneBank:
     """Many phones on one UDP socket, registering to one registrar (Asterisk's SIP port)."""
 
-    def __init__(self, registrar_port: int, phones: Iterable[Phone] = (), expires: int = 3600):
+    def __init__(
+        self,
+        registrar_port: int,
+        phones: Iterable[Phone] = (),
+        expires: int = 3600,
+        jitter: float = 0.0,
+        seed: int = 0,
+    ):
         self.registrar = ("127.0.0.1", registrar_port)
         self.expires = expires
+        #: every answer comes up to this many seconds earlier or later, as on a real network
+        self.jitter = jitter
+        self._random = random.Random(seed)  # noqa: S311 -- simulated network delay
         self.phones: dict[str, Phone] = {}  # by contact user
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -168,20 +180,36 @@ class PhoneBank:
         self, phones: Optional[Iterable[Phone]] = None, timeout: float = 20.0, rate: int = 500
     ) -> None:
         """Register the phones (all by default), at most ``rate`` REGISTERs a second; wait until
-        each got its 200 OK. A phone Asterisk refuses raises, naming the phone and the answer."""
-        chosen = list(self.phones.values() if phones is None else phones)
-        for phone in chosen:
+        each got its 200 OK. Like a real phone, one without an answer sends again (UDP may
+        drop a burst), after 0.5 s, 1 s, 2 s ... A phone Asterisk refuses, or that is still
+        not registered after ``timeout``, raises, naming the phone and the answer."""
+        waiting = list(self.phones.values() if phones is None else phones)
+        for phone in waiting:
             phone.registered.clear()
             phone.last_error = ""
-        asyncio.run_coroutine_threadsafe(self._register_all(chosen, rate), self._loop).result(
-            timeout
-        )
-        for phone in chosen:
-            if not phone.registered.wait(max(0.0, timeout)):
-                raise TimeoutError(
-                    f"phone {phone.contact_user} not registered within {timeout:g} s"
-                    f"{': ' + phone.last_error if phone.last_error else ''}"
+        deadline = time.monotonic() + timeout
+        retry = 0.5
+        while waiting:
+            asyncio.run_coroutine_threadsafe(self._register_all(waiting, rate), self._loop).result(
+                max(1.0, deadline - time.monotonic())
+            )
+            settle = time.monotonic() + retry
+            while time.monotonic() < min(settle, deadline):
+                if all(p.registered.is_set() or p.last_error for p in waiting):
+                    break
+                time.sleep(0.01)
+            refused = [p for p in waiting if p.last_error and not p.registered.is_set()]
+            if refused:
+                raise ConnectionRefusedError(
+                    f"phone {refused[0].contact_user} not registered: {refused[0].last_error}"
                 )
+            waiting = [p for p in waiting if not p.registered.is_set()]
+            if waiting and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{len(waiting)} phone(s), first {waiting[0].contact_user}, "
+                    f"not registered within {timeout:g} s"
+                )
+            retry = min(retry * 2, 4.0)
 
     def unregister(self, phones: Iterable[Phone]) -> None:
         """REGISTER with ``Expires: 0`` (no wait)."""
@@ -272,7 +300,10 @@ class PhoneBank:
                 phone.options_ignored += 1
                 return
             phone.options_answered += 1
-            self._loop.call_later(phone.answer, self._reply, headers, addr, phone)
+            delay = phone.answer
+            if self.jitter:
+                delay = max(0.0, delay + self._random.uniform(-self.jitter, self.jitter))
+            self._loop.call_later(delay, self._reply, headers, addr, phone)
         elif method in ("OPTIONS", "NOTIFY"):
             self._reply(headers, addr, phone)
 

@@ -1,0 +1,202 @@
+"""The collector against Debian's own Asterisk with registered phones (``testbed``).
+
+chan_sip (Asterisk 16, realtime from the bench database's ``devices`` as MOR runs
+it): ``n`` phones register with digest auth and answer qualify after 20-80 ms,
+each answer up to ±3 ms earlier or later, as on a real network; Asterisk measures
+the round trips itself. In the same run and on the same Asterisk:
+
+* ``floor``: the raw AMI read of ``SIPpeers``, bytes thrown away (``bench.floor``);
+* ``cold``: every status and own row cleared, then a collector run (every device
+  written);
+* ``steady``: a collector run after Asterisk qualified every phone again: only the
+  rows whose string moved are written -- ``changed`` is how many latencies jitter
+  moved between two polls;
+* ``legacy``: the MOR algorithm (NULL all, one UPDATE per peer) on the cold data.
+
+PJSIP (Asterisk 22, static endpoints): ``pjsip_cold`` and ``pjsip_steady`` alike.
+Each measured run is a child process (``bench.cycle.run_child``), as cron starts it.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from testbed.asterisk import (
+    RELEASES,
+    AmiUser,
+    Asterisk,
+    PjsipEndpoint,
+    Ports,
+    RealtimeDb,
+    mor_files,
+)
+from testbed.phones import Phone, PhoneBank
+
+from . import db as benchdb
+from .cycle import AMI_SECRET, AMI_USER, run_child, summarise
+
+#: seconds between two qualify rounds of every phone (chan_sip qualifyfreq, PJSIP
+#: qualify_frequency): a steady poll waits one round, so that every latency was measured anew
+QUALIFY_EVERY = 10
+JITTER = 0.003
+
+
+def _phones(names: list[str], seed: int) -> list[Phone]:
+    rng = random.Random(seed)  # noqa: S311 - simulated network distances
+    return [Phone(name, "s", answer=rng.uniform(0.020, 0.080)) for name in names]
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not reached within {timeout:g} s")
+        time.sleep(0.5)
+
+
+def _all_online(ast: Asterisk, n: int) -> bool:
+    # "N sip peers [Monitored: N online, 0 offline ...]"
+    tail = ast.cli("sip show peers", timeout=60).strip().splitlines()[-1:]
+    return bool(tail) and f"Monitored: {n} online" in tail[0]
+
+
+def _contacts_reachable(ast: Asterisk, n: int) -> bool:
+    out = ast.cli("pjsip show contacts", timeout=60)
+    return out.count(" Avail ") >= n
+
+
+class _Run:
+    """Child-process jobs against one Asterisk's AMI and one bench database."""
+
+    def __init__(self, database: benchdb.BenchDatabase, ports: Ports, tmp: Path) -> None:
+        self.database = database
+        self.ports = ports
+        self.tmp = tmp
+        self.root = benchdb.root_connection(database.name)
+
+    def job(self, kind: str, **extra: Any) -> dict[str, Any]:
+        job = {
+            "kind": kind,
+            "db_url": self.database.url,
+            "pymysql": self.database.pymysql_args(),
+            "server_id": 1,
+            "ami": {
+                "host": "127.0.0.1",
+                "port": self.ports.ami,
+                "username": AMI_USER,
+                "secret": AMI_SECRET,
+            },
+            "tmp": str(self.tmp),
+        }
+        job.update(extra)
+        return job
+
+    def repeat(self, runs: int, before: Callable[[], None] | None, job: dict[str, Any]) -> Any:
+        results = []
+        for _ in range(runs):
+            if before is not None:
+                before()
+            results.append(run_child(job))
+        return summarise(results)
+
+    def cold_reset(self) -> None:
+        benchdb.reset_statuses(self.root)
+
+    def qualify_round(self) -> None:
+        time.sleep(QUALIFY_EVERY + 1)
+
+
+def bench_chan_sip(
+    n: int, runs: int, legacy_runs: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """``n`` realtime chan_sip phones on Asterisk 16."""
+    out: dict[str, Any] = {"peers": n, "asterisk": "16", "driver": "chan_sip realtime"}
+    with (
+        tempfile.TemporaryDirectory(prefix="mor-bench-real-") as tmp,
+        benchdb.bench_database() as d,
+    ):
+        bench = _Run(d, Ports(), Path(tmp))
+        benchdb.add_servers(bench.root, [1, 2])
+        benchdb.add_devices(bench.root, n, 1)
+        files = mor_files(
+            RELEASES["16"],
+            bench.ports,
+            [AmiUser(AMI_USER, AMI_SECRET)],
+            realtime=RealtimeDb(d.name, d.user, d.password),
+            qualifyfreq=QUALIFY_EVERY,
+        )
+        names = [str(100000 + i) for i in range(n)]
+        with (
+            Asterisk("16", files, name="bench16") as ast,
+            PhoneBank(bench.ports.sip, _phones(names, n), jitter=JITTER, seed=n) as phones,
+        ):
+            log(f"{n:>7} chan_sip phones: registering to Asterisk 16")
+            started = time.monotonic()
+            phones.register(timeout=60 + n / 100)
+            out["register_s"] = round(time.monotonic() - started, 2)
+            _wait(lambda: _all_online(ast, n), 60 + n / 100, f"{n} phones qualified")
+            run_child(bench.job("collector", peer_source="sip"))  # migrates, warms up
+            log(f"{n:>7} chan_sip phones: floor, collector cold, steady, legacy")
+            out["floor"] = bench.repeat(runs, None, bench.job("floor"))
+            out["cold"] = bench.repeat(
+                runs, bench.cold_reset, bench.job("collector", peer_source="sip")
+            )
+            out["steady"] = bench.repeat(
+                runs, bench.qualify_round, bench.job("collector", peer_source="sip")
+            )
+            if legacy_runs:
+                out["legacy"] = bench.repeat(legacy_runs, bench.cold_reset, bench.job("legacy"))
+        bench.root.close()
+    return out
+
+
+def bench_pjsip(n: int, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """``n`` static PJSIP endpoints with one registered phone each on Asterisk 22."""
+    out: dict[str, Any] = {"peers": n, "asterisk": "22", "driver": "PJSIP"}
+    with (
+        tempfile.TemporaryDirectory(prefix="mor-bench-real-") as tmp,
+        benchdb.bench_database() as d,
+    ):
+        bench = _Run(d, Ports(), Path(tmp))
+        benchdb.add_servers(bench.root, [1, 2])
+        benchdb.add_devices(bench.root, n, 1)
+        names = [str(100000 + i) for i in range(n)]
+        endpoints = [
+            PjsipEndpoint(name, "s", qualify_frequency=QUALIFY_EVERY, qualify_timeout=1.0)
+            for name in names
+        ]
+        files = mor_files(
+            RELEASES["22"], bench.ports, [AmiUser(AMI_USER, AMI_SECRET)], pjsip_endpoints=endpoints
+        )
+        with (
+            Asterisk("22", files, name="bench22") as ast,
+            PhoneBank(bench.ports.pjsip, _phones(names, n), jitter=JITTER, seed=n) as phones,
+        ):
+            log(f"{n:>7} PJSIP phones: registering to Asterisk 22")
+            started = time.monotonic()
+            phones.register(timeout=60 + n / 100)
+            out["register_s"] = round(time.monotonic() - started, 2)
+            _wait(lambda: _contacts_reachable(ast, n), 60 + n / 100, f"{n} contacts qualified")
+            job = bench.job("collector", peer_source="auto")
+            run_child(job)  # migrates, warms up
+            log(f"{n:>7} PJSIP phones: collector cold, steady")
+            out["pjsip_cold"] = bench.repeat(runs, bench.cold_reset, job)
+            out["pjsip_steady"] = bench.repeat(runs, bench.qualify_round, job)
+        bench.root.close()
+    return out
+
+
+def bench_real(
+    sip_sizes: list[int],
+    pjsip_sizes: list[int],
+    runs: int,
+    legacy_runs: int,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    results = [bench_chan_sip(n, runs, legacy_runs, log) for n in sip_sizes]
+    results += [bench_pjsip(n, runs, log) for n in pjsip_sizes]
+    return results
