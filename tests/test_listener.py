@@ -56,6 +56,14 @@ def status_of(mor: MorDatabase, device_id: int) -> Any:
     return mor.execute("SELECT reg_status FROM devices WHERE id = :i", i=device_id).scalar()
 
 
+def listener_connected(mor: MorDatabase) -> Any:
+    """The listener's connected flag; None until its first heartbeat created the row (which
+    may come after the AMI session opened: the test must wait, not fail)."""
+    return mor.execute(
+        "SELECT listener_connected FROM mor_regstatus_servers WHERE server_id = 1"
+    ).scalar()
+
+
 def listener_row(mor: MorDatabase) -> Any:
     return mor.execute(
         "SELECT listener_connected, listener_seen, listener_since FROM mor_regstatus_servers "
@@ -70,7 +78,7 @@ def test_events_reach_the_database_within_a_second(
     summary(conf, capsys)  # the poll writes the baseline
     with listening(load_settings(conf)):
         wait_for(lambda: sim.event_sessions == 1)
-        wait_for(lambda: listener_row(mor)[0] == 1)
+        wait_for(lambda: listener_connected(mor) == 1)
         for status, time_ms, expected in [
             ("Unreachable", -1, "UNREACHABLE"),
             ("Reachable", 25, "OK (25 ms)"),
@@ -191,7 +199,7 @@ def test_the_watchdog_reconnects_after_a_silent_hang(
         wait_for(lambda: running.listener.sessions >= 2, timeout=5)
         assert time.monotonic() - started < 3  # ping interval + timeout + backoff
         sim.faults.no_pong = False
-        wait_for(lambda: sim.event_sessions == 1 and listener_row(mor)[0] == 1)
+        wait_for(lambda: sim.event_sessions == 1 and listener_connected(mor) == 1)
         sim.emit_peer_status("101", "Reachable", 44)
         wait_for(lambda: status_of(mor, 1) == "OK (44 ms)")
 
@@ -202,7 +210,7 @@ def test_the_watchdog_reconnects_after_a_dropped_connection(
     settings = load_settings(conf_for(tmp_path, mor, sim))
     with listening(settings, first_backoff=0.1) as running:
         wait_for(lambda: sim.event_sessions == 1)
-        wait_for(lambda: listener_row(mor)[0] == 1)
+        wait_for(lambda: listener_connected(mor) == 1)
         since = listener_row(mor)[2]
         sim.drop_event_sessions()
         wait_for(lambda: running.listener.sessions == 2, timeout=3)
