@@ -19,12 +19,8 @@ HMAC-SHA256 of the exact body bytes with ``webhook_secret``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -155,10 +151,19 @@ def catch_up(conn: Connection, hook: Webhook, now: datetime) -> list[Alert]:
 
 def sign(secret: str, body: bytes) -> str:
     """The ``X-MOR-Signature`` value for ``body``."""
+    # imported here: most runs send nothing, and a cron run pays for every import
+    import hashlib
+    import hmac
+
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def _post(hook: Webhook, body: bytes) -> None:
+    # imported here, not at the top: urllib.request brings http.client, which a cron run
+    # that has nothing to send would load for nothing
+    import urllib.error
+    import urllib.request
+
     headers = {
         "Content-Type": "application/json",
         "User-Agent": f"mor-regstatus/{__version__}",
