@@ -75,6 +75,10 @@ class SimPeer:
     description: str = ""
     #: Only ``SIPshowpeer`` shows it (``SIP-Useragent``).
     useragent: str = ""
+    #: ``ACL: yes`` once the peer has a permit/deny list (MOR's devices always have one)
+    acl: bool = False
+    #: chan_sip prints ``Accountcode`` in PeerEntry (13+) always, in SIPshowpeer only when set
+    accountcode: str = ""
 
 
 @dataclass
@@ -122,6 +126,8 @@ class SimContact:
     #: the AOR; None: the endpoint's name (MOR names both after the device)
     aor: Optional[str] = None
     qualify_frequency: int = 60
+    #: the AOR's qualify_timeout in seconds
+    qualify_timeout: float = 3.0
 
 
 @dataclass
@@ -152,11 +158,12 @@ _VERSIONS = {
         _Version("10", (10, 0), "1.2", "10.12.4", True),
         _Version("11", (11, 0), "1.3", "11.25.3", True),
         _Version("13", (13, 0), "2.10.6", "13.38.3", True),
-        _Version("16", (16, 0), "5.0.5", "16.30.0", True),
+        # 16 and 22: what Debian's packages answer (recorded in tests/data/ami)
+        _Version("16", (16, 0), "5.0.4", "16.28.0~dfsg-0+deb11u4", True),
         _Version("18", (18, 0), "7.0.3", "18.24.2", True),
         _Version("20", (20, 0), "9.0.0", "20.10.0", True),
         _Version("21", (21, 0), "10.0.0", "21.10.2", False),
-        _Version("22", (22, 0), "11.0.0", "22.5.2", False),
+        _Version("22", (22, 0), "11.0.0", "22.10.1+dfsg+~cs6.17.60671434-1", False),
     )
 }
 #: The Asterisk versions the simulator can be.
@@ -181,6 +188,20 @@ _CANONICAL = {
     )
 }
 
+# The write classes each action needs (``ast_manager_register_xml``'s authority; one of
+# them suffices). Asterisk authorises actions by the user's ``write``, not ``read``:
+# a user with ``read = system,reporting`` and no write gets ``Permission denied``.
+_SYSTEM_REPORTING = frozenset({"system", "reporting"})
+_AUTHORITY = {
+    "SIPpeers": _SYSTEM_REPORTING,
+    "SIPshowpeer": _SYSTEM_REPORTING,
+    "CoreSettings": _SYSTEM_REPORTING,
+    "CoreStatus": _SYSTEM_REPORTING,
+    "PJSIPShowContacts": frozenset({"system"}),
+    "PJSIPShowEndpoints": frozenset({"system"}),
+    "PJSIPShowEndpoint": frozenset({"system"}),
+}
+
 # Peers rendered and written per chunk: ~450 KB, few syscalls, bounded memory.
 _CHUNK = 1000
 _TIMED = re.compile(r"^(OK|LAGGED) \((\d+) ms\)$")
@@ -200,7 +221,7 @@ def _resolve_version(version: str) -> _Version:
 def _peer_entry_template(v: _Version) -> str:
     """The body of one ``PeerEntry`` after its ActionID line, as a %-template.
 
-    Arguments: name, IPaddress, IPport, Dynamic, Status, Description.
+    Arguments: name, IPaddress, IPport, Dynamic, ACL, Status, Description, Accountcode.
     """
     lines = [
         "Channeltype: SIP",
@@ -221,14 +242,15 @@ def _peer_entry_template(v: _Version) -> str:
     if v.rank >= (1, 6):
         lines.append("TextSupport: no")
     # MOR loads its devices from realtime (rtcachefriends), hence "yes".
-    lines += ["ACL: no", "Status: %s", "RealtimeDevice: yes"]
+    lines += ["ACL: %s", "Status: %s", "RealtimeDevice: yes"]
     if v.rank >= (10, 0):
         lines.append("Description: %s")
     if v.rank >= (13, 0):
         # 13.13+; chan_sip prints "Accountcode: %s" even when it is empty.
-        lines.append("Accountcode: ")
-    # Before 10 "%.0s" swallows the Description argument: one code path, no output.
+        lines.append("Accountcode: %s")
+    # "%.0s" swallows the arguments a version does not print: one code path, no output.
     tail = "" if v.rank >= (10, 0) else "%.0s"
+    tail += "" if v.rank >= (13, 0) else "%.0s"
     return "".join(line + "\r\n" for line in lines) + "\r\n" + tail
 
 
@@ -251,6 +273,8 @@ def _show_peer_fields(v: _Version, p: SimPeer) -> _Headers:
     f += [("MD5SecretExist", "N"), ("Context", "mor_local"), ("Language", "en")]
     if v.rank >= (11, 0):
         f.append(("ToneZone", "<Not set>"))
+    if p.accountcode:
+        f.append(("Accountcode", p.accountcode))
     f += [("AMAflags", "Unknown"), ("CID-CallingPres", "Presentation Allowed, Not Screened")]
     f += [("Callgroup", ""), ("Pickupgroup", "")]
     if v.rank >= (11, 0):
@@ -277,7 +301,7 @@ def _show_peer_fields(v: _Version, p: SimPeer) -> _Headers:
         f.append(("SIP-NatSupport", "RFC3581"))
     if v.rank >= (11, 0):
         f.append(("SIP-Comedia", "N"))
-    f += [("ACL", "N"), ("SIP-CanReinvite", "N")]
+    f += [("ACL", yn[p.acl]), ("SIP-CanReinvite", "N")]
     if v.rank >= (1, 6):
         f.append(("SIP-DirectMedia", "N"))
     f += [("SIP-PromiscRedir", "N"), ("SIP-UserPhone", "N"), ("SIP-VideoSupport", "N")]
@@ -367,6 +391,7 @@ class AmiSimulator:
         drift: bool = False,
         seed: int = 0,
         startup: Optional[datetime] = None,
+        write: str = "all",
     ) -> None:
         if host == "localhost":
             host = "127.0.0.1"  # one socket, one port (localhost may also be ::1)
@@ -388,6 +413,8 @@ class AmiSimulator:
         self.host = host
         self.port = port
         self.faults = faults if faults is not None else Faults()
+        #: the user's ``write`` classes in manager.conf ("all", "system,reporting", "" ...)
+        self.write = write
         self.drift = drift
         self.startup = (
             startup
@@ -479,8 +506,11 @@ class AmiSimulator:
 
         ``status``: Registered, Unregistered, Reachable, Lagged, Unreachable or
         Rejected. ``time_ms=None`` leaves the ``Time`` line out (an event without
-        Time); ``address`` is the (ip, port) of Registered and Rejected. Safe to
-        call from any thread; the event is written on the simulator's loop.
+        Time); Asterisk 16 never writes one for Reachable and Lagged (only
+        ``Unreachable`` carries ``Time: -1``, as recorded from 16.28), whatever
+        ``time_ms`` says. ``address`` is the (ip, port) of Registered and Rejected;
+        ``cause`` e.g. ``Expired`` for an Unregistered. Safe to call from any thread;
+        the event is written on the simulator's loop.
         """
         self._in_loop(lambda: self._emit(name, status, time_ms, address, cause))
 
@@ -510,6 +540,14 @@ class AmiSimulator:
         """Send res_pjsip's ``ContactStatus`` event to every session with system events on,
         and move the listed contact the same way (a new URI is added, ``Removed`` drops it).
 
+        When the change takes the endpoint online (its first available contact) or
+        offline (its last), a ``PeerStatus`` event with ``ChannelType: PJSIP`` and
+        ``Peer: PJSIP/<endpoint>`` (Reachable or Unreachable, no Time) comes first, as
+        res_pjsip updates the endpoint's state before it publishes the contact's.
+        Available: Reachable, or NonQualified on an AOR without qualify. A new contact
+        that arrives NonQualified waits for its first qualify (not available); a known
+        one that turns NonQualified had its qualify turned off (available).
+
         ``status``: Reachable, Unreachable, Unknown, NonQualified (``Created`` on 13-15),
         Removed or Updated. Safe to call from any thread.
         """
@@ -521,6 +559,7 @@ class AmiSimulator:
             ep = SimEndpoint(name)
             self.endpoints.append(ep)
         contact = next((c for c in ep.contacts if c.uri == uri), None)
+        was_online = _endpoint_online(ep)
         if status == "Removed":
             ep.contacts = [c for c in ep.contacts if c.uri != uri]
         elif contact is None:
@@ -529,6 +568,8 @@ class AmiSimulator:
         elif status != "Updated":
             contact.status = status
             contact.rtt_usec = rtt_usec if status == "Reachable" and rtt_usec else 0
+            if status == "NonQualified":  # a known contact no longer qualified: qualify is off
+                contact.qualify_frequency = 0
         label = _contact_label(self._version, status)
         aor = (contact.aor if contact is not None else None) or name
         # ast_sip_persistent_endpoint_publish_contact_state(): rtt always, 0 when unknown
@@ -542,10 +583,25 @@ class AmiSimulator:
             ("RoundtripUsec", str(rtt_usec if status == "Reachable" and rtt_usec else 0)),
         ]
         data = _message(*pairs)
+        online = _endpoint_online(ep)
+        if online != was_online:
+            data = (
+                _message(
+                    ("Event", "PeerStatus"),
+                    ("Privilege", "system,all"),
+                    ("ChannelType", "PJSIP"),
+                    ("Peer", f"PJSIP/{name}"),
+                    ("PeerStatus", "Reachable" if online else "Unreachable"),
+                )
+                + data
+            )
+        self._write_event(data, 2 if online != was_online else 1)
+
+    def _write_event(self, data: bytes, events: int = 1) -> None:
         for writer in list(self._event_writers):
             if not writer.is_closing():
                 writer.write(data)
-                self.events_sent += 1
+                self.events_sent += events
 
     def drop_event_sessions(self) -> None:
         """Fault: cut the TCP connection of every session that receives events."""
@@ -585,7 +641,7 @@ class AmiSimulator:
         if v.rank >= (1, 6):
             pairs.append(("ChannelType", "SIP"))
         pairs += [("Peer", f"SIP/{name}"), ("PeerStatus", status)]
-        if time_ms is not None:
+        if time_ms is not None and not (v.key == "16" and status in ("Reachable", "Lagged")):
             pairs.append(("Time", str(time_ms)))
         if cause is not None:
             pairs.append(("Cause", cause))
@@ -594,11 +650,7 @@ class AmiSimulator:
                 pairs.append(("Address", f"{address[0]}:{address[1]}"))
             else:
                 pairs += [("Address", address[0]), ("Port", str(address[1]))]
-        data = _message(*pairs)
-        for writer in list(self._event_writers):
-            if not writer.is_closing():
-                writer.write(data)
-                self.events_sent += 1
+        self._write_event(_message(*pairs))
 
     # -- connection ---------------------------------------------------------
 
@@ -666,7 +718,18 @@ class AmiSimulator:
         if handler is None:
             writer.write(_error(headers, self._unknown(action)))
             return
+        if not self._may(name):
+            writer.write(_error(headers, "Permission denied"))
+            return
         await handler(session, headers, writer)
+
+    def _may(self, action: str) -> bool:
+        """Whether the user's write classes allow the action (process_message)."""
+        needed = _AUTHORITY.get(action)
+        if not needed:
+            return True
+        granted = {c.strip().lower() for c in self.write.split(",")}
+        return "all" in granted or bool(granted & needed)
 
     def _handlers(self) -> dict[str, _Handler]:
         v = self._version
@@ -819,6 +882,8 @@ class AmiSimulator:
         else:
             pairs += [("CoreStartupTime", clock), ("CoreReloadTime", clock)]
         pairs.append(("CoreCurrentCalls", "0"))
+        if self._version.rank >= (22, 0):  # recorded from 22.10; later 20/21 releases unknown
+            pairs.append(("CoreProcessedCalls", "0"))
         writer.write(_message(*pairs))
 
     # -- res_pjsip ------------------------------------------------------------
@@ -874,7 +939,8 @@ class AmiSimulator:
             )
         )
         idtext = "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
-        endpoints = sorted(self.endpoints, key=attrgetter("name"))
+        active = _active_channels(self._version)
+        endpoints = _endpoint_list_order(self._version, self.endpoints)
         for start in range(0, len(endpoints), _CHUNK):
             chunk = []
             for ep in endpoints[start : start + _CHUNK]:
@@ -884,9 +950,9 @@ class AmiSimulator:
                     "Event: EndpointList\r\n"
                     + idtext
                     + f"ObjectType: endpoint\r\nObjectName: {ep.name}\r\n"
-                    + f"Transport: \r\nAor: {ep.name}\r\nAuths: {ep.name},\r\n"
+                    + f"Transport: \r\nAor: {ep.name}\r\nAuths: {ep.name}\r\n"
                     + f"OutboundAuths: \r\nContacts: {contacts}\r\n"
-                    + f"DeviceState: {state}\r\nActiveChannels: \r\n\r\n"
+                    + f"DeviceState: {state}\r\nActiveChannels: {active}\r\n\r\n"
                 )
             writer.write("".join(chunk).encode("utf-8", "replace"))
             await writer.drain()
@@ -930,17 +996,22 @@ class AmiSimulator:
         )
         idtext = "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
         state = "Not in use" if ep.contacts else "Unavailable"
-        contacts = "".join(f"{c.aor or ep.name}/{c.uri}," for c in ep.contacts)
-        # a few of each object's many fields: plausible values a client never reads
+        # the AOR's list has no trailing comma (EndpointList's has one)
+        contacts = ",".join(f"{c.aor or ep.name}/{c.uri}" for c in ep.contacts)
+        frequency = ep.contacts[0].qualify_frequency if ep.contacts else 60
+        # A few of each object's many fields (a client reads ContactStatusDetail only), in
+        # the order a real 16.28 and 22.10 print them among the others; the empty Realm
+        # and Password are the defaults (Asterisk 16 shows a set password in clear).
         parts = [
             "Event: EndpointDetail\r\n" + idtext + f"ObjectType: endpoint\r\nObjectName: {name}"
-            f"\r\nContext: mor_local\r\nAors: {name}\r\nAuth: {name}\r\nAllow: (ulaw|alaw)"
-            f"\r\nDtmfMode: rfc4733\r\nDeviceState: {state}\r\nActiveChannels: \r\n\r\n",
+            f"\r\nAors: {name}\r\nContext: mor_local\r\nAllow: (ulaw|alaw)\r\nAuth: {name}"
+            f"\r\nDtmfMode: rfc4733\r\nDeviceState: {state}\r\n"
+            f"ActiveChannels: {_active_channels(v)}\r\n\r\n",
             "Event: AuthDetail\r\n" + idtext + f"ObjectType: auth\r\nObjectName: {name}\r\n"
-            f"Realm: asterisk\r\nAuthType: userpass\r\nPassword: \r\nUsername: {name}\r\n"
+            f"Username: {name}\r\nRealm: \r\nAuthType: userpass\r\nPassword: \r\n"
             f"EndpointName: {name}\r\n\r\n",
             "Event: AorDetail\r\n" + idtext + f"ObjectType: aor\r\nObjectName: {name}\r\n"
-            f"QualifyFrequency: 60\r\nContacts: {contacts}\r\nMaxContacts: 5\r\n"
+            f"MaxContacts: 5\r\nContacts: {contacts}\r\nQualifyFrequency: {frequency}\r\n"
             f"TotalContacts: {len(ep.contacts)}\r\nContactsRegistered: {len(ep.contacts)}\r\n"
             f"EndpointName: {name}\r\n\r\n",
         ]
@@ -1051,8 +1122,10 @@ class AmiSimulator:
                         p.ip if p.ip is not None else "-none-",
                         p.port if p.ip is not None else 0,
                         "yes" if p.dynamic else "no",
+                        "yes" if p.acl else "no",
                         p.status,
                         p.description,
+                        p.accountcode,
                     )
                     for p in batch
                 ]
@@ -1072,16 +1145,17 @@ class AmiSimulator:
 # --- PJSIP ------------------------------------------------------------------------
 
 #: The sorcery fields of a contact as ``ContactList`` prints them (after ObjectType and
-#: ObjectName, before Status and RoundtripUsec), in the order of 16's pjsip_manager.xml.
+#: ObjectName, before Status and RoundtripUsec), in the order a real Asterisk 16.28 printed
+#: them (tests/data/ami/ast16-pjsipshowcontacts.txt): the hash order of the field container.
 _CONTACT_FIELDS_16 = (
     "ViaAddr",
-    "ViaPort",
     "QualifyTimeout",
     "CallId",
     "RegServer",
     "PruneOnBoot",
     "Path",
     "Endpoint",
+    "ViaPort",
     "AuthenticateQualify",
     "Uri",
     "QualifyFrequency",
@@ -1089,17 +1163,61 @@ _CONTACT_FIELDS_16 = (
     "ExpirationTime",
     "OutboundProxy",
 )
+#: 22.10 adds qualify_2xx_only, which lands third (tests/data/ami/ast22-pjsipshowcontacts.txt)
+_CONTACT_FIELDS_22 = (*_CONTACT_FIELDS_16[:2], "Qualify2xxOnly", *_CONTACT_FIELDS_16[2:])
 
 
 def _contact_field_order(v: _Version) -> tuple[str, ...]:
     """sorcery prints an object's fields in the hash order of its field container, which
-    changes when fields are added (22: ``qualify_2xx_only``): one fixed order per version."""
-    names = list(_CONTACT_FIELDS_16)
+    changes when fields are added (22: ``qualify_2xx_only``): one fixed order per version.
+    16 and 22 as recorded; 18-21 (not recorded) a fixed permutation of 16's, so that
+    clients are kept parsing by key."""
     if v.rank >= (22, 0):
-        names.append("Qualify2xxOnly")
+        return _CONTACT_FIELDS_22
+    names = list(_CONTACT_FIELDS_16)
     if v.rank > (16, 0):
         random.Random(v.key).shuffle(names)  # noqa: S311 - a fixed permutation, not security
     return tuple(names)
+
+
+def _active_channels(v: _Version) -> str:
+    """An idle endpoint's ActiveChannels: empty on 16.28, ``0`` on 22.10 (both recorded)."""
+    return "0" if v.rank >= (22, 0) else ""
+
+
+def _str_hash(text: str) -> int:
+    """Asterisk's ``ast_str_hash()`` (djb2 with xor), restricted to a non-negative int."""
+    value = 5381
+    for byte in text.encode():
+        value = ((value * 33) ^ byte) & 0xFFFFFFFF
+    return value & 0x7FFFFFFF
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def _endpoint_list_order(v: _Version, endpoints: Sequence[SimEndpoint]) -> list[SimEndpoint]:
+    """The order PJSIPShowEndpoints lists endpoints in. 22.10 sorts them by name. 16.28 (and
+    the res_sorcery_config of 13) walks the hash container of pjsip.conf's endpoints: as
+    many buckets as the largest prime not above their count, bucket by ``ast_str_hash``,
+    in configuration order within a bucket (``endpoints`` stands for that order)."""
+    if not (13, 0) <= v.rank < (17, 0):
+        return sorted(endpoints, key=attrgetter("name"))
+    buckets = len(endpoints)
+    while buckets > 1 and not _is_prime(buckets):
+        buckets -= 1
+    buckets = max(1, buckets)
+    order = sorted(range(len(endpoints)), key=lambda i: (_str_hash(endpoints[i].name) % buckets, i))
+    return [endpoints[i] for i in order]
+
+
+def _endpoint_online(ep: SimEndpoint) -> bool:
+    """Whether res_pjsip counts the endpoint online: a contact is available."""
+    return any(
+        c.status == "Reachable" or (c.status == "NonQualified" and c.qualify_frequency == 0)
+        for c in ep.contacts
+    )
 
 
 def _contact_label(v: _Version, status: str) -> str:
@@ -1121,7 +1239,7 @@ def _contact_list_event(
     values = {
         "ViaAddr": c.via_addr,
         "ViaPort": str(c.via_port),
-        "QualifyTimeout": "3.000000",
+        "QualifyTimeout": f"{c.qualify_timeout:.6f}",
         "CallId": c.call_id,
         "RegServer": "",
         "PruneOnBoot": "no",
@@ -1133,7 +1251,7 @@ def _contact_list_event(
         "UserAgent": c.user_agent,
         "ExpirationTime": "1764410000",
         "OutboundProxy": "",
-        "Qualify2xxOnly": "no",
+        "Qualify2xxOnly": "false",
     }
     rtt = str(c.rtt_usec) if c.status == "Reachable" else "N/A"
     return (
@@ -1165,8 +1283,10 @@ def _contact_status_detail(v: _Version, idtext: str, ep: SimEndpoint, c: SimCont
         ("OutboundProxy", ""),
         ("Path", ""),
         ("QualifyFrequency", str(c.qualify_frequency)),
-        ("QualifyTimeout", "3.000"),
+        ("QualifyTimeout", f"{c.qualify_timeout:.3f}"),
     ]
+    if v.rank >= (22, 0):
+        lines.append(("Qualify2xxOnly", "0"))
     return (
         "Event: ContactStatusDetail\r\n"
         + idtext

@@ -44,7 +44,7 @@ BANNERS = {
     "10": "Asterisk Call Manager/1.2",
     "11": "Asterisk Call Manager/1.3",
     "13": "Asterisk Call Manager/2.10.6",
-    "16": "Asterisk Call Manager/5.0.5",
+    "16": "Asterisk Call Manager/5.0.4",  # Debian 11's 16.28.0 (recorded)
     "18": "Asterisk Call Manager/7.0.3",
     "20": "Asterisk Call Manager/9.0.0",
     "21": "Asterisk Call Manager/10.0.0",
@@ -588,10 +588,10 @@ def test_faults_can_change_between_runs(serve, connect):
         ("1.8", "1.8.32.3", "1.1"),
         ("11", "11.25.3", "1.3"),
         ("13", "13.38.3", "2.10.6"),
-        ("16", "16.30.0", "5.0.5"),
+        ("16", "16.28.0~dfsg-0+deb11u4", "5.0.4"),
         ("18", "18.24.2", "7.0.3"),
         ("20", "20.10.0", "9.0.0"),
-        ("22", "22.5.2", "11.0.0"),
+        ("22", "22.10.1+dfsg+~cs6.17.60671434-1", "11.0.0"),
     ],
 )
 def test_core_settings_report_the_versions(serve, connect, version, asterisk, ami):
