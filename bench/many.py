@@ -18,7 +18,6 @@ a process each, as cron does) at once and then checks:
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import statistics
@@ -35,6 +34,7 @@ from mor_plugin.simulator import AmiSimulator, SimPeer, realistic_peers, run_in_
 from mor_plugin.status import KINDS, kind_of
 
 from . import db as benchdb
+from .cycle import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 INTRUDER_STATUS = "LAGGED (9999 ms)"
@@ -162,7 +162,7 @@ def run_many(
         )
     rng = random.Random(7)  # noqa: S311 - simulation
     previous: dict[int, dict[str, Optional[str]]] = {sid: {} for sid in ids}
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = child_env()  # bytecode cached, as an installed collector has it
     with ExitStack() as stack:
         for sid in ids:
             stack.enter_context(run_in_thread(sims[sid]))
