@@ -104,6 +104,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     results["collector"] = cycle.bench_sizes(
         sizes, runs_for, legacy_runs_for, _log, outage_runs=2 if quick and not args.runs else 0
     )
+    _log("start-up: python -c pass, the collector's imports, mor-retrieve-peers --help")
+    results["startup"] = cycle.startup(args.runs or (5 if quick else 10))
 
     servers = args.many_servers or 5
     per_server = args.many_devices or (400 if quick else 4_000)
@@ -141,6 +143,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
 
     results["targets"] = report.targets(results)
+    results["startup"]["targets"] = report.startup_targets(results)
     failed = {t["target"] for t in results["targets"] if t["status"] == "FAIL"}
     profiles: dict[str, str] = {}
     if profile:
@@ -165,8 +168,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(report.many_table(results))
     print("\n## Widget\n")
     print(report.widget_table(results))
+    print("\n## Start-up\n")
+    print(report.startup_table(results))
     print("\n## Targets\n")
     print(report.targets_table(results["targets"]))
+    print("\nWhole process, as cron starts it:\n")
+    print(report.targets_table(results["startup"]["targets"]))
     for name, text in profiles.items():
         print(f"\n## Profile: {name}\n")
         print("\n".join(text.splitlines()[:70]))

@@ -20,6 +20,9 @@ by an Asterisk 22 simulator (no chan_sip: ``peer_source = auto`` falls back to
 * ``pjsip_cold``: every status and own row (contacts too) cleared first;
 * ``pjsip_steady``: every reachable contact's round trip moves by up to ±3 ms;
 * ``pjsip_idle``: the same contacts twice; nothing to write.
+
+Start-up (``startup``): ``python -c pass``, the collector's imports alone and
+``mor-retrieve-peers --help``, timed in turn as whole processes.
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "wall_min_s": min(r["wall"] for r in runs),
         "wall_max_s": max(r["wall"] for r in runs),
         "process_wall_s": statistics.median(r["process_wall"] for r in runs),
+        # what the process spends before and after the cycle: interpreter, imports, exit
+        "startup_s": statistics.median(r["process_wall"] - r["wall"] for r in runs),
         "cpu_s": statistics.median(r["cpu"] for r in runs),
         "rss_mb": max(r["rss_mb"] for r in runs),
         "statements": last.get("statements"),
@@ -262,6 +267,49 @@ class CycleBench:
             run_child(self.job("collector"))  # migrates and warms up, as in the measured runs
             self.cold_reset()
             run_child(self.job("collector", profile=str(path)))
+
+
+def _collector_command() -> list[str]:
+    """``mor-retrieve-peers`` as cron starts it: the console script beside this Python."""
+    script = Path(sys.executable).with_name("mor-retrieve-peers")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mor_plugin.cli"]
+
+
+STARTUP_COMMANDS = {
+    "python": [sys.executable, "-c", "pass"],
+    "imports": [sys.executable, "-c", "import mor_plugin.cli"],
+    "help": [*_collector_command(), "--help"],
+}
+
+
+def startup(runs: int) -> dict[str, Any]:
+    """Whole-process times of ``python -c pass``, the collector's imports alone and
+    ``mor-retrieve-peers --help``, started in turn (one warm-up round first), and each
+    one's ratio to ``python -c pass`` of the same round."""
+    env = child_env()
+    samples: dict[str, list[float]] = {name: [] for name in STARTUP_COMMANDS}
+    for round_ in range(runs + 1):
+        for name, command in STARTUP_COMMANDS.items():
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, cwd=ROOT, env=env)
+            if round_:
+                samples[name].append(time.perf_counter() - started)
+    out: dict[str, Any] = {
+        "runs": runs,
+        "bytecode": "cached by the bench (PYTHONDONTWRITEBYTECODE was set)"
+        if _pycache
+        else "as the environment has it",
+    }
+    for name, times in samples.items():
+        out[name] = {
+            "command": " ".join(STARTUP_COMMANDS[name]),
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "max_s": max(times),
+            "samples_s": [round(t, 4) for t in times],
+            "vs_python": statistics.median(t / b for t, b in zip(times, samples["python"])),
+        }
+    return out
 
 
 def bench_sizes(
