@@ -126,7 +126,8 @@ class PhoneBank:
         self._loop = asyncio.new_event_loop()
         self._transport: Optional[asyncio.DatagramTransport] = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._pending: dict[str, tuple[Phone, int]] = {}  # Call-ID -> (phone, cseq)
+        #: Call-ID -> (phone, cseq, the Expires asked for) of each REGISTER awaiting its answer
+        self._pending: dict[str, tuple[Phone, int, int]] = {}
         self._tag = secrets.token_hex(4)
         for phone in phones:
             self.add(phone)
@@ -239,7 +240,7 @@ class PhoneBank:
         host, port = self.registrar
         uri = f"sip:{host}:{port}"
         call_id = call_id or f"{secrets.token_hex(8)}@127.0.0.1"
-        self._pending[call_id] = (phone, cseq)
+        self._pending[call_id] = (phone, cseq, expires)
         lines = [
             f"REGISTER {uri} SIP/2.0",
             f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};rport;branch=z9hG4bK{secrets.token_hex(8)}",
@@ -270,8 +271,7 @@ class PhoneBank:
         entry = self._pending.get(call_id)
         if entry is None or code < 200:
             return
-        phone, cseq = entry
-        expires_header = _get(headers, "Expires")
+        phone, cseq, expires = entry
         if code == 200:
             del self._pending[call_id]
             phone.registered.set()
@@ -284,7 +284,6 @@ class PhoneBank:
         if code in (401, 407) and challenge and cseq < 3:
             del self._pending[call_id]
             host, port = self.registrar
-            expires = int(expires_header) if expires_header.isdigit() else self.expires
             auth = _authorization(phone, challenge, f"sip:{host}:{port}", cseq)
             self._send_register(phone, auth, expires, call_id, cseq + 1)
             return

@@ -534,9 +534,7 @@ class Recorder:
 
     @staticmethod
     def unregister(bank: PhoneBank, phone: Phone) -> None:
-        """REGISTER with Expires: 0. PhoneBank answers the digest challenge with its own
-        ``expires`` (the 401 carries none), so that is 0 for the moment."""
-        bank.expires = 0
+        """REGISTER with Expires: 0 (the answer to the digest challenge keeps it)."""
         bank.unregister([phone])
 
     @staticmethod
