@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from . import cycle, many, report, widget_bench
+from . import cycle, many, real_asterisk, report, widget_bench
 from . import db as benchdb
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,6 +44,20 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="profile failing targets (default: on in the full run, off with --quick)",
+    )
+    p.add_argument(
+        "--real-sizes",
+        type=_sizes,
+        help="realtime chan_sip phones on Debian's Asterisk 16 (default 2000,10000; quick 2000)",
+    )
+    p.add_argument(
+        "--real-pjsip", type=_sizes, help="PJSIP phones on Debian's Asterisk 22 (default 2000)"
+    )
+    p.add_argument(
+        "--real-qualify",
+        type=int,
+        default=real_asterisk.QUALIFY_EVERY,
+        help="seconds between qualify rounds of the real phones (a steady run waits one)",
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     return p
@@ -104,6 +118,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     results["collector"] = cycle.bench_sizes(
         sizes, runs_for, legacy_runs_for, _log, outage_runs=2 if quick and not args.runs else 0
     )
+    results["real_asterisk"] = real_asterisk.bench_real(
+        args.real_sizes or ([2_000] if quick else [2_000, 10_000]),
+        args.real_pjsip or [2_000],
+        args.runs or 3,
+        args.legacy_runs if args.legacy_runs is not None else (1 if quick else 3),
+        _log,
+        args.real_qualify,
+    )
     _log("start-up: python -c pass, the collector's imports, mor-retrieve-peers --help")
     results["startup"] = cycle.startup(args.runs or (5 if quick else 10))
 
@@ -144,6 +166,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     results["targets"] = report.targets(results)
     results["startup"]["targets"] = report.startup_targets(results)
+    results["real_targets"] = report.real_targets(results)
     failed = {t["target"] for t in results["targets"] if t["status"] == "FAIL"}
     profiles: dict[str, str] = {}
     if profile:
@@ -164,6 +187,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     print("\n## Collector cycle\n")
     print(report.collector_table(results))
+    print("\n## Real Asterisk\n")
+    print(report.real_table(results))
     print("\n## Many servers\n")
     print(report.many_table(results))
     print("\n## Widget\n")
@@ -174,6 +199,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(report.targets_table(results["targets"]))
     print("\nWhole process, as cron starts it:\n")
     print(report.targets_table(results["startup"]["targets"]))
+    print("\nReal Asterisk:\n")
+    print(report.targets_table(results["real_targets"]))
     for name, text in profiles.items():
         print(f"\n## Profile: {name}\n")
         print("\n".join(text.splitlines()[:70]))

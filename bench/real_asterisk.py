@@ -1,9 +1,10 @@
 """The collector against Debian's own Asterisk with registered phones (``testbed``).
 
 chan_sip (Asterisk 16, realtime from the bench database's ``devices`` as MOR runs
-it): ``n`` phones register with digest auth and answer qualify after 20-80 ms,
-each answer up to ±3 ms earlier or later, as on a real network; Asterisk measures
-the round trips itself. In the same run and on the same Asterisk:
+it): ``n`` phones register with digest auth and answer qualify after 20-80 ms each
+(a fixed delay per phone); Asterisk measures the round trips itself, so what moves
+between two polls is the measurement's own jitter (Asterisk's, the network
+stack's, the phones'). In the same run and on the same Asterisk:
 
 * ``floor``: the raw AMI read of ``SIPpeers``, bytes thrown away (``bench.floor``);
 * ``cold``: every status and own row cleared, then a collector run (every device
@@ -42,7 +43,6 @@ from .cycle import AMI_SECRET, AMI_USER, run_child, summarise
 #: seconds between two qualify rounds of every phone (chan_sip qualifyfreq, PJSIP
 #: qualify_frequency): a steady poll waits one round, so that every latency was measured anew
 QUALIFY_EVERY = 10
-JITTER = 0.003
 
 
 def _phones(names: list[str], seed: int) -> list[Phone]:
@@ -72,7 +72,10 @@ def _contacts_reachable(ast: Asterisk, n: int) -> bool:
 class _Run:
     """Child-process jobs against one Asterisk's AMI and one bench database."""
 
-    def __init__(self, database: benchdb.BenchDatabase, ports: Ports, tmp: Path) -> None:
+    def __init__(
+        self, database: benchdb.BenchDatabase, ports: Ports, tmp: Path, qualify_every: int
+    ) -> None:
+        self.qualify_every = qualify_every
         self.database = database
         self.ports = ports
         self.tmp = tmp
@@ -107,11 +110,15 @@ class _Run:
         benchdb.reset_statuses(self.root)
 
     def qualify_round(self) -> None:
-        time.sleep(QUALIFY_EVERY + 1)
+        time.sleep(self.qualify_every + 1)
 
 
 def bench_chan_sip(
-    n: int, runs: int, legacy_runs: int, log: Callable[[str], None]
+    n: int,
+    runs: int,
+    legacy_runs: int,
+    log: Callable[[str], None],
+    qualify_every: int = QUALIFY_EVERY,
 ) -> dict[str, Any]:
     """``n`` realtime chan_sip phones on Asterisk 16."""
     out: dict[str, Any] = {"peers": n, "asterisk": "16", "driver": "chan_sip realtime"}
@@ -119,7 +126,7 @@ def bench_chan_sip(
         tempfile.TemporaryDirectory(prefix="mor-bench-real-") as tmp,
         benchdb.bench_database() as d,
     ):
-        bench = _Run(d, Ports(), Path(tmp))
+        bench = _Run(d, Ports(), Path(tmp), qualify_every)
         benchdb.add_servers(bench.root, [1, 2])
         benchdb.add_devices(bench.root, n, 1)
         files = mor_files(
@@ -127,12 +134,12 @@ def bench_chan_sip(
             bench.ports,
             [AmiUser(AMI_USER, AMI_SECRET)],
             realtime=RealtimeDb(d.name, d.user, d.password),
-            qualifyfreq=QUALIFY_EVERY,
+            qualifyfreq=qualify_every,
         )
         names = [str(100000 + i) for i in range(n)]
         with (
             Asterisk("16", files, name="bench16") as ast,
-            PhoneBank(bench.ports.sip, _phones(names, n), jitter=JITTER, seed=n) as phones,
+            PhoneBank(bench.ports.sip, _phones(names, n), seed=n) as phones,
         ):
             log(f"{n:>7} chan_sip phones: registering to Asterisk 16")
             started = time.monotonic()
@@ -154,19 +161,21 @@ def bench_chan_sip(
     return out
 
 
-def bench_pjsip(n: int, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
+def bench_pjsip(
+    n: int, runs: int, log: Callable[[str], None], qualify_every: int = QUALIFY_EVERY
+) -> dict[str, Any]:
     """``n`` static PJSIP endpoints with one registered phone each on Asterisk 22."""
     out: dict[str, Any] = {"peers": n, "asterisk": "22", "driver": "PJSIP"}
     with (
         tempfile.TemporaryDirectory(prefix="mor-bench-real-") as tmp,
         benchdb.bench_database() as d,
     ):
-        bench = _Run(d, Ports(), Path(tmp))
+        bench = _Run(d, Ports(), Path(tmp), qualify_every)
         benchdb.add_servers(bench.root, [1, 2])
         benchdb.add_devices(bench.root, n, 1)
         names = [str(100000 + i) for i in range(n)]
         endpoints = [
-            PjsipEndpoint(name, "s", qualify_frequency=QUALIFY_EVERY, qualify_timeout=1.0)
+            PjsipEndpoint(name, "s", qualify_frequency=qualify_every, qualify_timeout=1.0)
             for name in names
         ]
         files = mor_files(
@@ -174,7 +183,7 @@ def bench_pjsip(n: int, runs: int, log: Callable[[str], None]) -> dict[str, Any]
         )
         with (
             Asterisk("22", files, name="bench22") as ast,
-            PhoneBank(bench.ports.pjsip, _phones(names, n), jitter=JITTER, seed=n) as phones,
+            PhoneBank(bench.ports.pjsip, _phones(names, n), seed=n) as phones,
         ):
             log(f"{n:>7} PJSIP phones: registering to Asterisk 22")
             started = time.monotonic()
@@ -196,7 +205,8 @@ def bench_real(
     runs: int,
     legacy_runs: int,
     log: Callable[[str], None],
+    qualify_every: int = QUALIFY_EVERY,
 ) -> list[dict[str, Any]]:
-    results = [bench_chan_sip(n, runs, legacy_runs, log) for n in sip_sizes]
-    results += [bench_pjsip(n, runs, log) for n in pjsip_sizes]
+    results = [bench_chan_sip(n, runs, legacy_runs, log, qualify_every) for n in sip_sizes]
+    results += [bench_pjsip(n, runs, log, qualify_every) for n in pjsip_sizes]
     return results

@@ -26,6 +26,9 @@ TINY = [
     "--widget-devices", "600",
     "--widget-iterations", "3",
     "--widget-seconds", "1",
+    "--real-sizes", "60",
+    "--real-pjsip", "60",
+    "--real-qualify", "2",
     "--no-profile",
 ]  # fmt: skip
 
@@ -82,3 +85,25 @@ def test_targets_table_and_plot_are_written(bench_run: tuple[Path, str]) -> None
     assert (out / "collector.png").read_bytes().startswith(b"\x89PNG")
     for heading in ("## Collector cycle", "## Many servers", "## Widget", "## Targets"):
         assert heading in printed
+
+
+def test_the_collector_is_measured_against_real_asterisk_beside_legacy_and_the_raw_read(
+    bench_run: tuple[Path, str],
+) -> None:
+    out, printed = bench_run
+    results = json.loads((out / "latest.json").read_text())
+    sip, pjsip = results["real_asterisk"]
+    assert (sip["asterisk"], sip["peers"], pjsip["asterisk"], pjsip["peers"]) == (
+        "16",
+        60,
+        "22",
+        60,
+    )
+    for mode in ("floor", "cold", "steady", "legacy"):
+        assert sip[mode]["process_wall_s"] > 0, mode
+    assert sip["cold"]["devices_rows"] == sip["legacy"]["devices_rows"] == 60
+    assert sip["cold"]["detail"]["counts"]["ok"] == 60  # every phone answered Asterisk's qualify
+    assert pjsip["pjsip_cold"]["devices_rows"] == 60
+    assert 0 <= sip["steady"]["devices_rows"] <= 60
+    assert "## Real Asterisk" in printed and "a steady poll rewrote" in printed
+    assert [t["status"] for t in results["real_targets"]] == ["n/a"]  # 10k not measured here
