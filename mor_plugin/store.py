@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Optional, TypeVar
 
 from sqlalchemy import bindparam, case, create_engine, delete, func, inspect, select, update
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.expression import Insert
@@ -392,6 +392,9 @@ def _upsert(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: Iter
         my = mysql.insert(table)
         stmt = my.on_duplicate_key_update({c: my.inserted[c] for c in rows[0] if c not in key_set})
     else:
+        # the SQLite dialect only for the demo's database: a cron run on MySQL never loads it
+        from sqlalchemy.dialects import sqlite
+
         lite = sqlite.insert(table)
         stmt = lite.on_conflict_do_update(
             index_elements=list(key_set),

@@ -19,7 +19,7 @@ import random
 import re
 import secrets
 import threading
-import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -178,50 +178,56 @@ class PhoneBank:
         self.phones[contact_user].answer = answer
 
     def register(
-        self, phones: Optional[Iterable[Phone]] = None, timeout: float = 20.0, rate: int = 500
+        self, phones: Optional[Iterable[Phone]] = None, timeout: float = 20.0, window: int = 100
     ) -> None:
-        """Register the phones (all by default), at most ``rate`` REGISTERs a second; wait until
-        each got its 200 OK. Like a real phone, one without an answer sends again (UDP may
-        drop a burst), after 0.5 s, 1 s, 2 s ... A phone Asterisk refuses, or that is still
-        not registered after ``timeout``, raises, naming the phone and the answer."""
-        waiting = list(self.phones.values() if phones is None else phones)
-        for phone in waiting:
+        """Register the phones (all by default) and wait until each got its 200 OK.
+
+        At most ``window`` registrations are in flight at once, so a burst of thousands
+        never overruns Asterisk's socket; like a real phone, one without an answer sends
+        again after 0.5 s, 1 s, 2 s, 4 s ... A phone Asterisk refuses, or that is still not
+        registered after ``timeout``, raises, naming the phone and the answer."""
+        chosen = list(self.phones.values() if phones is None else phones)
+        for phone in chosen:
             phone.registered.clear()
             phone.last_error = ""
-        deadline = time.monotonic() + timeout
-        retry = 0.5
-        while waiting:
-            asyncio.run_coroutine_threadsafe(self._register_all(waiting, rate), self._loop).result(
-                max(1.0, deadline - time.monotonic())
+        future = asyncio.run_coroutine_threadsafe(
+            self._register_window(chosen, window, timeout), self._loop
+        )
+        future.result(timeout + 5)
+        refused = [p for p in chosen if p.last_error and not p.registered.is_set()]
+        if refused:
+            raise ConnectionRefusedError(
+                f"phone {refused[0].contact_user} not registered: {refused[0].last_error}"
             )
-            settle = time.monotonic() + retry
-            while time.monotonic() < min(settle, deadline):
-                if all(p.registered.is_set() or p.last_error for p in waiting):
-                    break
-                time.sleep(0.01)
-            refused = [p for p in waiting if p.last_error and not p.registered.is_set()]
-            if refused:
-                raise ConnectionRefusedError(
-                    f"phone {refused[0].contact_user} not registered: {refused[0].last_error}"
-                )
-            waiting = [p for p in waiting if not p.registered.is_set()]
-            if waiting and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{len(waiting)} phone(s), first {waiting[0].contact_user}, "
-                    f"not registered within {timeout:g} s"
-                )
-            retry = min(retry * 2, 4.0)
+        waiting = [p for p in chosen if not p.registered.is_set()]
+        if waiting:
+            raise TimeoutError(
+                f"{len(waiting)} phone(s), first {waiting[0].contact_user}, "
+                f"not registered within {timeout:g} s"
+            )
+
+    async def _register_window(self, phones: list[Phone], window: int, timeout: float) -> None:
+        queue = deque(phones)
+        in_flight: dict[str, tuple[Phone, float, int]] = {}  # contact user -> (phone, sent, tries)
+        deadline = self._loop.time() + timeout
+        while (queue or in_flight) and self._loop.time() < deadline:
+            now = self._loop.time()
+            for key, (phone, sent, tries) in list(in_flight.items()):
+                if phone.registered.is_set() or phone.last_error:
+                    del in_flight[key]
+                elif now - sent > min(0.5 * 2**tries, 4.0):  # SIP's timer A, capped
+                    self._send_register(phone, None, self.expires)
+                    in_flight[key] = (phone, now, tries + 1)
+            while queue and len(in_flight) < window:
+                phone = queue.popleft()
+                self._send_register(phone, None, self.expires)
+                in_flight[phone.contact_user] = (phone, now, 0)
+            await asyncio.sleep(0.005)
 
     def unregister(self, phones: Iterable[Phone]) -> None:
         """REGISTER with ``Expires: 0`` (no wait)."""
         for phone in phones:
             self._loop.call_soon_threadsafe(self._send_register, phone, None, 0)
-
-    async def _register_all(self, phones: list[Phone], rate: int) -> None:
-        for index, phone in enumerate(phones):
-            self._send_register(phone, None, self.expires)
-            if rate and index % max(1, rate // 50) == 0:
-                await asyncio.sleep(0.02)
 
     # -- SIP --------------------------------------------------------------------------
 
@@ -318,5 +324,6 @@ class PhoneBank:
         if phone is not None:
             lines.append(f"User-Agent: {phone.user_agent}")
         lines += ["Content-Length: 0", "", ""]
-        assert self._transport is not None
+        if self._transport is None or self._transport.is_closing():
+            return  # a delayed answer due after the bank closed
         self._transport.sendto("\r\n".join(lines).encode(), addr)
