@@ -209,6 +209,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 _DIRS = ("etc", "log", "spool", "lib", "run")
+_SIP_STATUS = re.compile(r"(OK \(\d+ ms\)|LAGGED \(\d+ ms\)|UNREACHABLE|UNKNOWN|Unmonitored)")
 
 _RUN = 'mount -t proc proc "$1/proc" && exec chroot "$1" /usr/sbin/asterisk -f -n -C "$2"'
 
@@ -311,6 +312,24 @@ class Asterisk:
             check=False,
         )
         return done.stdout.decode("utf-8", "replace")
+
+    def sip_show_peers(self) -> dict[str, str]:
+        """Peer name -> the Status column of ``sip show peers``: what Asterisk says itself."""
+        out = {}
+        for line in self.cli("sip show peers", timeout=60).splitlines():
+            match = _SIP_STATUS.search(line)
+            if match and "/" in line.split()[0]:
+                out[line.split("/", 1)[0]] = match.group(1)
+        return out
+
+    def pjsip_show_contacts(self) -> dict[str, str]:
+        """Contact URI -> Avail/Unavail/NonQual/Unknown of ``pjsip show contacts``."""
+        out = {}
+        for line in self.cli("pjsip show contacts", timeout=60).splitlines():
+            words = line.split()
+            if len(words) >= 4 and words[0] == "Contact:" and "/" in words[1]:
+                out[words[1].split("/", 1)[1]] = words[3]
+        return out
 
     def reload(self, module: str = "") -> None:
         self.cli(f"module reload {module}".strip())

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import re
 import secrets
 import socket
 import sys
@@ -310,25 +309,12 @@ def world(version: str) -> Iterator[World]:
         yield World(version, package, ast, ports, secret, sip, pjsip)
 
 
-_SIP_STATUS = re.compile(r"(OK \(\d+ ms\)|LAGGED \(\d+ ms\)|UNREACHABLE|UNKNOWN|Unmonitored)")
-
-
-def sip_show_peers(ast: Asterisk) -> dict[str, str]:
-    out = {}
-    for line in ast.cli("sip show peers").splitlines():
-        match = _SIP_STATUS.search(line)
-        if match and "/" in line.split()[0]:
-            out[line.split("/", 1)[0]] = match.group(1)
-    return out
-
-
 def pjsip_show_contacts(ast: Asterisk) -> dict[str, str]:
-    out = {}
-    for line in ast.cli("pjsip show contacts").splitlines():
-        words = line.split()
-        if len(words) >= 4 and words[0] == "Contact:" and "/" in words[1]:
-            out[words[1].split("/", 1)[1].split("@", 1)[0].split(":", 1)[-1]] = words[3]
-    return out
+    """``pjsip show contacts`` by the contact URI's user part."""
+    return {
+        uri.split("@", 1)[0].split(":", 1)[-1]: state
+        for uri, state in ast.pjsip_show_contacts().items()
+    }
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -344,7 +330,7 @@ def settle_qualify(w: World) -> None:
     if w.sip is not None:
 
         def sip_ready() -> bool:
-            peers = sip_show_peers(w.ast)
+            peers = w.ast.sip_show_peers()
             return all(peers.get(name, "").startswith(want) for name, _, _, want in SIP_PHONES)
 
         wait_until("chan_sip qualify to settle", sip_ready)
