@@ -135,6 +135,22 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def child_job(
+    kind: str, database: benchdb.BenchDatabase, ami_port: int, tmp: Path, **extra: Any
+) -> dict[str, Any]:
+    """What ``bench.child`` runs: one collector, legacy or floor run on server 1."""
+    job = {
+        "kind": kind,
+        "db_url": database.url,
+        "pymysql": database.pymysql_args(),
+        "server_id": 1,
+        "ami": {"host": "127.0.0.1", "port": ami_port, "username": AMI_USER, "secret": AMI_SECRET},
+        "tmp": str(tmp),
+    }
+    job.update(extra)
+    return job
+
+
 class CycleBench:
     """One database, one simulator, ``n`` peers; runs every scenario at that size."""
 
@@ -164,21 +180,7 @@ class CycleBench:
         return [replace(p) for p in self.baseline]
 
     def job(self, kind: str, **extra: Any) -> dict[str, Any]:
-        job = {
-            "kind": kind,
-            "db_url": self.database.url,
-            "pymysql": self.database.pymysql_args(),
-            "server_id": 1,
-            "ami": {
-                "host": "127.0.0.1",
-                "port": self.sim.port,
-                "username": AMI_USER,
-                "secret": AMI_SECRET,
-            },
-            "tmp": str(self.workdir),
-        }
-        job.update(extra)
-        return job
+        return child_job(kind, self.database, self.sim.port, self.workdir, **extra)
 
     def setup(self) -> None:
         benchdb.add_servers(self.root, [1, 2])

@@ -38,7 +38,7 @@ from testbed.asterisk import (
 from testbed.phones import Phone, PhoneBank
 
 from . import db as benchdb
-from .cycle import AMI_SECRET, AMI_USER, run_child, summarise
+from .cycle import AMI_SECRET, AMI_USER, child_job, run_child, summarise
 
 #: seconds between two qualify rounds of every phone (chan_sip qualifyfreq, PJSIP
 #: qualify_frequency): a steady poll waits one round, so that every latency was measured anew
@@ -82,21 +82,7 @@ class _Run:
         self.root = benchdb.root_connection(database.name)
 
     def job(self, kind: str, **extra: Any) -> dict[str, Any]:
-        job = {
-            "kind": kind,
-            "db_url": self.database.url,
-            "pymysql": self.database.pymysql_args(),
-            "server_id": 1,
-            "ami": {
-                "host": "127.0.0.1",
-                "port": self.ports.ami,
-                "username": AMI_USER,
-                "secret": AMI_SECRET,
-            },
-            "tmp": str(self.tmp),
-        }
-        job.update(extra)
-        return job
+        return child_job(kind, self.database, self.ports.ami, self.tmp, **extra)
 
     def repeat(self, runs: int, before: Callable[[], None] | None, job: dict[str, Any]) -> Any:
         results = []
