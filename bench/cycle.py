@@ -135,6 +135,18 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def repeat_child(
+    runs: int, before: Optional[Callable[[], None]], job: dict[str, Any]
+) -> dict[str, Any]:
+    """``runs`` measured child runs of ``job``, ``before`` called ahead of each; their medians."""
+    results = []
+    for _ in range(runs):
+        if before is not None:
+            before()
+        results.append(run_child(job))
+    return summarise(results)
+
+
 def child_job(
     kind: str, database: benchdb.BenchDatabase, ami_port: int, tmp: Path, **extra: Any
 ) -> dict[str, Any]:
@@ -193,12 +205,7 @@ class CycleBench:
         benchdb.reset_statuses(self.root)
 
     def repeat(self, runs: int, before: Optional[Callable[[], None]], job: dict[str, Any]) -> Any:
-        results = []
-        for _ in range(runs):
-            if before is not None:
-                before()
-            results.append(run_child(job))
-        return summarise(results)
+        return repeat_child(runs, before, job)
 
     def outage(self) -> None:
         """Settle on the baseline list, then take 30 % of the peers down."""

@@ -38,7 +38,7 @@ from testbed.asterisk import (
 from testbed.phones import Phone, PhoneBank
 
 from . import db as benchdb
-from .cycle import AMI_SECRET, AMI_USER, child_job, run_child, summarise
+from .cycle import AMI_SECRET, AMI_USER, child_job, repeat_child, run_child
 
 #: seconds between two qualify rounds of every phone (chan_sip qualifyfreq, PJSIP
 #: qualify_frequency): a steady poll waits one round, so that every latency was measured anew
@@ -85,12 +85,7 @@ class _Run:
         return child_job(kind, self.database, self.ports.ami, self.tmp, **extra)
 
     def repeat(self, runs: int, before: Callable[[], None] | None, job: dict[str, Any]) -> Any:
-        results = []
-        for _ in range(runs):
-            if before is not None:
-                before()
-            results.append(run_child(job))
-        return summarise(results)
+        return repeat_child(runs, before, job)
 
     def cold_reset(self) -> None:
         benchdb.reset_statuses(self.root)
