@@ -81,8 +81,8 @@ KNOWN_KEYS = frozenset(_MOR_KEYS + _OUR_KEYS)
 _KEY = re.compile(r"[a-z0-9_.-]+")
 _QUOTED = re.compile(r'"(.*?)"(?:\s+[;#].*)?')
 _TRAILING_COMMENT = re.compile(r"\s[;#]")
-_WHOLE = re.compile(r"\+?[0-9]+")
-_DECIMAL = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 _SECTION = re.compile(r"\[([^\]]*)\]\s*(?:\(([^)]*)\))?")
 _BOOLEANS = {
     "1": True,
@@ -97,6 +97,72 @@ _BOOLEANS = {
 #: ``peer_source``: which channel driver's registrations to read (see mor_plugin.ami).
 PEER_SOURCES = ("auto", "sip", "pjsip", "both")
 _WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 - compared, not bound
+
+#: MOR's ids are ``int(11)`` (signed 32 bit): ``servers.id``, ``users.id``, ``devices.id``.
+INT32_MAX = 2**31 - 1
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if number == int(number) else str(number)
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    """The values a numeric mor.conf key accepts; anything else is a ConfigError."""
+
+    low: float
+    high: float
+    #: ``None``: a whole number; else the unit of a decimal number (``seconds`` …)
+    unit: Optional[str] = None
+    #: True: ``low`` itself is refused (``> low``), e.g. a timeout of 0
+    above_low: bool = False
+    #: the setting holds the value times this (``flap_window``: minutes in, seconds kept)
+    scale: float = 1.0
+    noun: str = "a whole number"
+
+    def admits(self, number: float) -> bool:
+        """``number`` is in the range (NaN never is)."""
+        above = number > self.low if self.above_low else number >= self.low
+        return above and number <= self.high
+
+    def parse(self, raw: str) -> Optional[float]:
+        """The number ``raw`` spells, if it is in the range; None otherwise."""
+        if self.unit is None:
+            number: float = int(raw) if _INTEGER.fullmatch(raw) else math.nan
+        else:
+            number = float(raw) if _DECIMAL.fullmatch(raw) else math.nan
+        return number if self.admits(number) else None
+
+    def describe(self) -> str:
+        """What the error message says is expected, e.g. ``a number of seconds > 0 and <= 60``."""
+        noun = self.noun if self.unit is None else f"a number of {self.unit}"
+        if self.above_low:
+            return f"{noun} > {_shown(self.low)} and <= {_shown(self.high)}"
+        return f"{noun} from {_shown(self.low)} to {_shown(self.high)}"
+
+
+_PORT = NumberRange(1, 65535, noun="a port number")
+
+#: Every numeric mor.conf key and its range (README's configuration table). The loader reads
+#: numbers only through this table, so a new numeric key cannot miss its range.
+NUMERIC_KEYS: Mapping[str, NumberRange] = {
+    "server_id": NumberRange(1, INT32_MAX),
+    "port": _PORT,
+    "ami_port": _PORT,
+    "ami_connect_timeout": NumberRange(0, 60, "seconds", above_low=True),
+    "ami_timeout": NumberRange(0, 300, "seconds", above_low=True),
+    "ami_list_timeout": NumberRange(0, 600, "seconds", above_low=True),
+    "db_timeout": NumberRange(0, 600, "seconds", above_low=True),
+    "unknown_after": NumberRange(0, 365 * 86400, "seconds"),
+    "watch_ping_interval": NumberRange(0, 3600, "seconds", above_low=True),
+    "history_days": NumberRange(1, 3650, "days"),
+    "flap_changes": NumberRange(2, 1000),
+    "flap_window": NumberRange(0, 1440, "minutes", above_low=True, scale=60.0),
+    "webhook_timeout": NumberRange(0, 60, "seconds", above_low=True),
+    # lists: every element in the range
+    "webhook_user_ids": NumberRange(-1, INT32_MAX, noun="a list of whole numbers"),
+    "webhook_device_ids": NumberRange(1, INT32_MAX, noun="a list of whole numbers"),
+}
 
 
 def _default_db_url() -> str:
@@ -368,10 +434,8 @@ def _parse_manager(text: str) -> _Manager:
 
 
 def _port(text: Optional[str]) -> Optional[int]:
-    if text is None or not _WHOLE.fullmatch(text):
-        return None
-    port = int(text)
-    return port if 1 <= port <= 65535 else None
+    port = None if text is None else _PORT.parse(text)
+    return None if port is None else int(port)
 
 
 def read_manager_conf(path: Path) -> tuple[Optional[str], Optional[str], Optional[int]]:
@@ -403,34 +467,27 @@ class _Values:
         self.values = values
 
     def _fail(self, key: str, what: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {key} = {self.values[key]!r} is not {what}")
+        raw = self.values[key]
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."
+        return ConfigError(f"{self.file}: {key} = {shown!r} is not {what}")
 
     def text(self, key: str) -> Optional[str]:
         """The value, ``None`` when the key is absent or empty."""
         return self.values.get(key) or None
 
-    def whole(self, key: str, minimum: int, maximum: Optional[int] = None) -> Optional[int]:
-        raw = self.text(key)
-        if raw is None:
-            return None
-        number = int(raw) if _WHOLE.fullmatch(raw) else None
-        if maximum is not None:
-            if number is None or not minimum <= number <= maximum:
-                raise self._fail(key, f"a port number {minimum}-{maximum}")
-        elif number is None or number < minimum:
-            raise self._fail(key, f"a whole number >= {minimum}")
-        return number
-
-    def seconds(
-        self, key: str, default: float, *, zero_ok: bool = False, unit: str = "seconds"
-    ) -> float:
+    def number(self, key: str, default: float) -> float:
+        """The value of a key of :data:`NUMERIC_KEYS`, in its range and scaled."""
+        allowed = NUMERIC_KEYS[key]
         raw = self.text(key)
         if raw is None:
             return default
-        number = float(raw) if _DECIMAL.fullmatch(raw) else math.nan
-        if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
-            raise self._fail(key, f"a number of {unit} {'>= 0' if zero_ok else '> 0'}")
-        return number
+        number = allowed.parse(raw)
+        if number is None:
+            raise self._fail(key, allowed.describe())
+        return number * allowed.scale
+
+    def whole(self, key: str, default: int) -> int:
+        return int(self.number(key, default))
 
     def boolean(self, key: str) -> bool:
         raw = self.text(key)
@@ -442,13 +499,14 @@ class _Values:
 
     def ids(self, key: str) -> tuple[int, ...]:
         """A comma- or space-separated list of whole numbers (``-1`` allowed: providers)."""
+        allowed = NUMERIC_KEYS[key]
         raw = self.text(key)
         if raw is None:
             return ()
-        parts = [part for part in re.split(r"[\s,]+", raw) if part]
-        if not all(re.fullmatch(r"-?[0-9]+", part) for part in parts):
-            raise self._fail(key, "a list of whole numbers like '-1, 5'")
-        return tuple(int(part) for part in parts)
+        numbers = [allowed.parse(part) for part in re.split(r"[\s,]+", raw) if part]
+        if None in numbers:
+            raise self._fail(key, f"{allowed.describe()}, like '-1, 5'")
+        return tuple(int(number) for number in numbers if number is not None)
 
     def choice(self, key: str, choices: tuple[str, ...]) -> str:
         """One of ``choices`` (any case); the first is the default."""
@@ -513,6 +571,7 @@ def _masked(db_url: str) -> str:
 
 def _db_url(values: _Values) -> str:
     given = values.text("db_url")
+    port = values.whole("port", int(_MOR_DEFAULTS["port"]))  # checked also when db_url is set
     if given is not None:
         # The URL is never echoed: it may hold a password.
         try:
@@ -533,7 +592,7 @@ def _db_url(values: _Values) -> str:
     secret = values.values.get("secret")
     return _mysql_url(
         values.text("host") or _MOR_DEFAULTS["host"],
-        values.whole("port", 1, 65535) or int(_MOR_DEFAULTS["port"]),
+        port,
         values.text("db") or _MOR_DEFAULTS["db"],
         values.text("user") or _MOR_DEFAULTS["user"],
         _MOR_DEFAULTS["secret"] if secret is None else secret,
@@ -550,7 +609,7 @@ class _Ami:
 
 def _ami(values: _Values, manager_conf: Path, warnings: list[str]) -> _Ami:
     host = values.text("ami_host")
-    port = values.whole("ami_port", 1, 65535)
+    port: Optional[int] = values.whole("ami_port", 0) or None  # 0: not set here
     username = values.text("ami_username")
     secret = values.text("ami_secret")
     if secret is not None and username is None:
@@ -615,21 +674,17 @@ def _compare_server_id(
     if not found:
         return
     theirs = found[0]
-    if not _WHOLE.fullmatch(theirs):
+    number = NUMERIC_KEYS["server_id"].parse(theirs)
+    if number is None:
         warnings.append(
-            f"{asterisk_mor_conf}: server_id = {theirs!r} is not a whole number;"
-            f" cannot compare it with {path}"
+            f"{asterisk_mor_conf}: server_id = {theirs[:40]!r} is not"
+            f" {NUMERIC_KEYS['server_id'].describe()}; cannot compare it with {path}"
         )
-    elif int(theirs) != server_id:
+    elif int(number) != server_id:
         warnings.append(
-            f"{asterisk_mor_conf} says server_id = {int(theirs)} but {path} says {server_id};"
+            f"{asterisk_mor_conf} says server_id = {int(number)} but {path} says {server_id};"
             " MOR expects them equal"
         )
-
-
-def _flap_changes(values: _Values) -> int:
-    number = values.whole("flap_changes", 2)
-    return 4 if number is None else number
 
 
 def load_settings(
@@ -654,7 +709,7 @@ def load_settings(
     warnings: list[str] = []
     values = _Values(path, _collect(path, _flat_entries(text, str(path)), warnings))
 
-    server_id = values.whole("server_id", 1) or 1
+    server_id = values.whole("server_id", 1)
     db_url = _db_url(values)
     manager_conf = values.path("manager_conf", DEFAULT_MANAGER_CONF)
     ami = _ami(values, manager_conf, warnings)
@@ -668,23 +723,23 @@ def load_settings(
         ami_port=ami.port,
         ami_username=ami.username,
         ami_secret=ami.secret,
-        ami_connect_timeout=values.seconds("ami_connect_timeout", 5.0),
-        ami_timeout=values.seconds("ami_timeout", 10.0),
-        ami_list_timeout=values.seconds("ami_list_timeout", 60.0),
-        db_timeout=values.seconds("db_timeout", 30.0),
-        unknown_after=values.seconds("unknown_after", 3600.0, zero_ok=True),
+        ami_connect_timeout=values.number("ami_connect_timeout", 5.0),
+        ami_timeout=values.number("ami_timeout", 10.0),
+        ami_list_timeout=values.number("ami_list_timeout", 60.0),
+        db_timeout=values.number("db_timeout", 30.0),
+        unknown_after=values.number("unknown_after", 3600.0),
         log_file=log_file or values.path("log_file", DEFAULT_LOG_FILE),
         state_file=state_file or values.path("state_file", DEFAULT_STATE_FILE),
         lock_file=lock_file or values.path("lock_file", DEFAULT_LOCK_FILE),
         manager_conf=manager_conf,
-        watch_ping_interval=values.seconds("watch_ping_interval", 10.0),
-        history_days=values.seconds("history_days", 30.0, unit="days"),
-        flap_changes=_flap_changes(values),
-        flap_window=values.seconds("flap_window", 10.0, unit="minutes") * 60,
+        watch_ping_interval=values.number("watch_ping_interval", 10.0),
+        history_days=values.number("history_days", 30.0),
+        flap_changes=values.whole("flap_changes", 4),
+        flap_window=values.number("flap_window", 600.0),
         textfile_dir=values.path("textfile_dir", Path()) if values.text("textfile_dir") else None,
         webhook_url=values.url("webhook_url"),
         webhook_secret=values.values.get("webhook_secret") or None,
-        webhook_timeout=values.seconds("webhook_timeout", 5.0),
+        webhook_timeout=values.number("webhook_timeout", 5.0),
         webhook_user_ids=values.ids("webhook_user_ids"),
         webhook_device_ids=values.ids("webhook_device_ids"),
         peer_source=values.choice("peer_source", PEER_SOURCES),

@@ -414,20 +414,28 @@ def test_missing_asterisk_mor_conf_gives_no_warning(etc: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("server_id", "abc", "server_id = 'abc' is not a whole number >= 1"),
-        ("server_id", "0", "server_id = '0' is not a whole number >= 1"),
-        ("server_id", "-2", "server_id = '-2' is not a whole number >= 1"),
-        ("port", "0", "port = '0' is not a port number 1-65535"),
-        ("port", "70000", "port = '70000' is not a port number 1-65535"),
-        ("ami_port", "http", "ami_port = 'http' is not a port number 1-65535"),
+        ("server_id", "abc", "server_id = 'abc' is not a whole number from 1 to 2147483647"),
+        ("server_id", "0", "server_id = '0' is not a whole number from 1 to 2147483647"),
+        ("server_id", "-2", "server_id = '-2' is not a whole number from 1 to 2147483647"),
+        ("port", "0", "port = '0' is not a port number from 1 to 65535"),
+        ("port", "70000", "port = '70000' is not a port number from 1 to 65535"),
+        ("ami_port", "http", "ami_port = 'http' is not a port number from 1 to 65535"),
         ("debug", "maybe", "debug = 'maybe' is not a boolean"),
         ("show_sql", "2", "show_sql = '2' is not a boolean"),
         ("ami_connect_timeout", "0", "ami_connect_timeout = '0' is not a number of seconds > 0"),
         ("ami_timeout", "-1", "ami_timeout = '-1' is not a number of seconds > 0"),
         ("ami_list_timeout", "inf", "ami_list_timeout = 'inf' is not a number of seconds > 0"),
         ("ami_timeout", "10s", "ami_timeout = '10s' is not a number of seconds > 0"),
-        ("unknown_after", "-5", "unknown_after = '-5' is not a number of seconds >= 0"),
-        ("unknown_after", "nan", "unknown_after = 'nan' is not a number of seconds >= 0"),
+        (
+            "unknown_after",
+            "-5",
+            "unknown_after = '-5' is not a number of seconds from 0 to 31536000",
+        ),
+        (
+            "unknown_after",
+            "nan",
+            "unknown_after = 'nan' is not a number of seconds from 0 to 31536000",
+        ),
     ],
 )
 def test_invalid_value_is_an_error_naming_file_and_key(
