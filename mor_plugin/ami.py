@@ -19,6 +19,7 @@ Asterisk 21+ or chan_sip not loaded -- or when chan_sip lists no peer at all).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import itertools
 import logging
@@ -36,7 +37,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
 from .pjsip import Contact, contact_from_fields
-from .status import Peer, format_uptime, normalize_status, peer_from_fields
+from .status import Peer, ascii_int, format_uptime, normalize_status, peer_from_fields
 
 log = logging.getLogger(__name__)
 #: Every AMI message, at DEBUG level only when mor.conf says ``debug = 1``.
@@ -109,8 +110,16 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
     stream: Optional[_PjsipStream] = None
     version: Optional[str]  # set by panoramisk on connect; the banner's AMI version
 
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        # One decoder for the whole connection: TCP splits the stream anywhere, also
+        # inside a character, and a chunk decoded on its own would lose it (the name no
+        # longer matches; its device would be blanked). Bytes that are not UTF-8 at all
+        # become U+FFFD, visibly, instead of vanishing.
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
     def data_received(self, data: bytes) -> None:
-        text = data.decode(getattr(self, "encoding", "utf-8"), "ignore")
+        text = self._decoder.decode(data)
         if self.version is None and text.startswith("Asterisk Call Manager/"):
             self.version = text.partition("\r\n")[0].partition("/")[2].strip()
         if self.queue:
@@ -341,7 +350,7 @@ def _check_list(endpoint: AmiEndpoint, action: _PeerListAction) -> None:
         raise AmiError(f"SIPpeers failed: {message or 'no reason given'}")
     complete = action.complete or {}
     listed = complete.get("ListItems", "").strip()
-    if listed and (not listed.isdigit() or int(listed) != action.received):
+    if listed and ascii_int(listed, 0, 2**31) != action.received:
         raise AmiError(
             f"SIPpeers list is inconsistent: Asterisk announced ListItems {listed} "
             f"but sent {action.received} peers"
