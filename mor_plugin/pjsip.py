@@ -30,12 +30,23 @@ field is empty (a static ``contact=`` of an AOR) is matched by its AOR's name.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .status import Device, Peer, kind_of, latency_ms, parse_address, qualify_limit
+from .status import (
+    MAX_MS,
+    Device,
+    Peer,
+    ascii_int,
+    clean_text,
+    kind_of,
+    latency_ms,
+    parse_address,
+    qualify_limit,
+)
 
 _VALUE: dict[str, Any] = {
     "frozen": True,
@@ -94,9 +105,14 @@ _SPELLING = {
 }
 
 
+#: The longest round trip kept, in microseconds: its milliseconds still fit a status.
+MAX_USEC = MAX_MS * 1000
+#: A Via ``host:port`` as Asterisk prints it (``[v6]:port`` too), within its column.
+_VIA = re.compile(r"[0-9A-Za-z.:_\[\]-]{1,64}")
+
+
 def _usec(text: str) -> Optional[int]:
-    text = text.strip()
-    return int(text) if text.isdigit() else None
+    return ascii_int(text, 0, MAX_USEC)
 
 
 def aor_of_object_name(object_name: str) -> str:
@@ -123,19 +139,20 @@ def contact_from_fields(fields: Mapping[str, str], endpoint: str = "") -> Option
     if "Uri" not in fields and "URI" not in fields:  # not Asterisk's spelling
         fields = {_SPELLING.get(key.lower(), key): value for key, value in fields.items()}
     get = fields.get
-    uri = (get("Uri") or get("URI") or "").strip()
+    uri = clean_text((get("Uri") or get("URI") or "").strip())
     if not uri:
         return None
     aor = (get("AOR") or get("Aor") or "").strip() or aor_of_object_name(
         (get("ObjectName") or get("ID") or "").strip()
     )
     name = (get("Endpoint") or get("EndpointName") or "").strip() or endpoint or aor
+    # an address is validated as sent, never repaired: "10.0.0.1\x00evil" is no address
     via = (get("ViaAddress") or "").strip()
     if not via:
         address, port = (get("ViaAddr") or "").strip(), (get("ViaPort") or "").strip()
         if address:
             via = f"{address}:{port}" if port and port != "0" else address
-    status = (get("Status") or get("ContactStatus") or "").strip()
+    status = clean_text((get("Status") or get("ContactStatus") or "").strip())
     return Contact(
         endpoint=sys.intern(name),
         aor=aor,
@@ -144,8 +161,9 @@ def contact_from_fields(fields: Mapping[str, str], endpoint: str = "") -> Option
         # 13-15 print the last round trip (0) for any state but Unknown; only a reachable
         # contact's is a measurement
         roundtrip_usec=_usec(get("RoundtripUsec") or "") if status == REACHABLE else None,
-        user_agent=(get("UserAgent") or "").strip(),
-        via=via or None,
+        # the texts the widget shows lose their control characters (a NUL, a line break)
+        user_agent=clean_text((get("UserAgent") or "").strip()),
+        via=via if _VIA.fullmatch(via) else None,
         call_id=(get("CallId") or get("CallID") or "").strip(),
     )
 
@@ -198,7 +216,7 @@ def contact_address(contact: Contact) -> tuple[Optional[str], Optional[int]]:
     """Where the device is: the Via address when Asterisk kept one, else the URI's host."""
     if contact.via:
         host, _, port = contact.via.rpartition(":")
-        if host and port.isdigit():
+        if host and ascii_int(port, 0, 65535) is not None:
             return parse_address(host, port)
         return parse_address(contact.via, "")
     rest = contact.uri.split(":", 1)[1] if ":" in contact.uri else contact.uri
@@ -207,7 +225,7 @@ def contact_address(contact: Contact) -> tuple[Optional[str], Optional[int]]:
     if hostport.startswith("["):
         return parse_address(hostport, "")
     host, _, port = hostport.partition(":")
-    return parse_address(host, port if port.isdigit() else "")
+    return parse_address(host, port)
 
 
 def group_by_endpoint(contacts: Iterable[Contact]) -> dict[str, list[Contact]]:
@@ -281,7 +299,7 @@ class ContactEvent:
 def contact_event_from_fields(fields: Mapping[str, str]) -> Optional[ContactEvent]:
     """A ``ContactEvent`` from the fields of ``Event: ContactStatus`` (keys in any case);
     None for malformed events and unknown statuses."""
-    lowered = {key.lower(): value.strip() for key, value in fields.items()}
+    lowered = {key.lower(): clean_text(value).strip() for key, value in fields.items()}
     uri = lowered.get("uri", "")
     status = lowered.get("contactstatus", "")
     aor = lowered.get("aor", "")

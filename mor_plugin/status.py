@@ -33,7 +33,36 @@ _VALUE: dict[str, Any] = {
     **({"slots": True} if sys.version_info >= (3, 10) else {}),
 }
 
-_TIMED = re.compile(r"^(OK|LAGGED) \((\d{1,9}) ms\)$")
+#: The round trip's digits are ASCII and at most 9 (chan_sip's ``lastms`` is an int), so
+#: the longest string, ``LAGGED (999999999 ms)``, fits ``devices.reg_status``.
+_TIMED = re.compile(r"(OK|LAGGED) \(([0-9]{1,9}) ms\)")
+#: The longest round trip a status carries, in ms.
+MAX_MS = 999_999_999
+#: An address as Asterisk prints one: an IPv4/IPv6 literal or a host name, ASCII only and
+#: no longer than the address columns (45). Anything else (a NUL, a space, 300
+#: characters) is no address.
+_ADDRESS = re.compile(r"[0-9A-Za-z.:_-]{1,45}")
+#: Control characters, which no text from Asterisk should bring into MOR's pages.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def ascii_int(text: str, low: int, high: int) -> Optional[int]:
+    """``text`` as an int when it is plain ASCII digits within ``low..high``, else None.
+
+    Every number that Asterisk (or a peer) sends goes through here: ``str.isdigit``
+    accepts ``"²"``, which ``int()`` then refuses, and a 20-digit port would not fit
+    any column.
+    """
+    text = text.strip()
+    if not 0 < len(text) <= 19 or not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
+
+def clean_text(text: str) -> str:
+    """``text`` without control characters (a NUL or a line break from the wire)."""
+    return text if text.isprintable() else _CONTROL.sub("", text)
 
 
 @dataclass(**_VALUE)
@@ -150,7 +179,7 @@ def kind_of(reg_status: Optional[str]) -> str:
 
 def latency_ms(reg_status: Optional[str]) -> Optional[int]:
     """The qualify round trip in ``OK (N ms)`` / ``LAGGED (N ms)``, else None."""
-    match = _TIMED.match(reg_status or "")
+    match = _TIMED.fullmatch(reg_status or "")
     return int(match.group(2)) if match else None
 
 
@@ -162,7 +191,7 @@ def normalize_status(raw: str) -> str:
     GUI could not colour.
     """
     value = raw.strip()
-    if _TIMED.match(value) or value in ("UNREACHABLE", "UNKNOWN", "Unmonitored"):
+    if _TIMED.fullmatch(value) or value in ("UNREACHABLE", "UNKNOWN", "Unmonitored"):
         return sys.intern(value)  # a few hundred distinct strings for 100k peers
     return "UNKNOWN"
 
@@ -183,10 +212,9 @@ def parse_address(ip_field: str, port_field: str) -> tuple[Optional[str], Option
         ip, _, embedded_port = ip.partition(":")
         if not port_text or port_text == "0":
             port_text = embedded_port
-    if ip in ("", "-none-", "(null)", "0.0.0.0"):  # noqa: S104 - Asterisk's "no address"
-        return None, None
-    port = int(port_text) if port_text.isdigit() and int(port_text) > 0 else None
-    return ip, port
+    if ip in ("", "-none-", "(null)", "0.0.0.0") or not _ADDRESS.fullmatch(ip):  # noqa: S104
+        return None, None  # Asterisk's "no address", or something that is none
+    return ip, ascii_int(port_text, 1, 65535)
 
 
 def peer_from_fields(fields: Mapping[str, str]) -> Optional[Peer]:
@@ -463,7 +491,7 @@ def peer_event_from_fields(fields: Mapping[str, str], at: datetime) -> Optional[
     if status not in EVENT_STATUSES:
         return None
     time_text = lowered.get("time", "")
-    time_ms = int(time_text) if time_text.isdigit() and int(time_text) > 0 else None
+    time_ms = ascii_int(time_text, 1, MAX_MS)
     ip = port = None
     if status == "Registered" and lowered.get("address"):
         ip, port = parse_address(lowered["address"], lowered.get("port", ""))
@@ -486,8 +514,9 @@ def qualify_limit(qualify: Optional[str]) -> Optional[int]:
     value = (qualify or "").strip().lower()
     if value in ("no", "0", "false", "off", "n"):
         return None
-    if value.isdigit():
-        return int(value)
+    number = ascii_int(value, 0, MAX_MS)
+    if number is not None:
+        return number or None  # chan_sip: a limit of 0 is qualify off
     return DEFAULT_MAXMS  # "yes" (and anything MOR did not write) is chan_sip's default
 
 

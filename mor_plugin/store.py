@@ -10,6 +10,7 @@ run nor the NULL window of the legacy collector.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,11 +82,30 @@ def describe_db_error(err: BaseException) -> str:
     """One line for a database failure, without the SQL or the parameters."""
     orig = getattr(err, "orig", None) or err
     args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
-    if len(args) >= 2 and isinstance(args[0], int):
+    if len(args) >= 2 and isinstance(args[0], int) and args[0] in _LOST_CONNECTION:
+        text = f"connection to the database lost{_during(err)} (MySQL error {args[0]})"
+    elif len(args) >= 2 and isinstance(args[0], int) and args[0] > 0:
         text = f"MySQL error {args[0]}: {args[1]}"
+    elif len(args) >= 2 and isinstance(args[0], int):
+        # PyMySQL's error 0: the socket was already closed, or a reply cut short
+        text = f"connection to the database lost{_during(err)}: {args[1] or 'no reply'}"
     else:
         text = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
     return " ".join(text.split())
+
+
+#: Client errors of a connection that broke: gone away, lost during a query, cannot read.
+_LOST_CONNECTION = frozenset({2006, 2013, 2055})
+
+
+def _during(err: BaseException) -> str:
+    """`` during INSERT INTO x`` from the failed statement's first words (never its values)."""
+    words = str(getattr(err, "statement", None) or "").split()[:3]
+    if not words:
+        return ""
+    if words[0].upper() in ("INSERT", "DELETE") and len(words) == 3:
+        return " during " + " ".join(words)
+    return f" during {words[0].upper()}" if words[0].isalpha() else ""
 
 
 # --- migrations -------------------------------------------------------------
@@ -268,7 +288,7 @@ def load_devices_named(conn: Connection, server_id: int, names: Iterable[str]) -
         d.device_type == "SIP",
     )
     found: list[Device] = []
-    for chunk in _chunks(sorted(set(names)), CHUNK):
+    for chunk in _chunks(names_mor_can_hold(names), CHUNK):
         for row in conn.execute(query, {"names": list(chunk)}):
             found.append(Device(id=row[0], name=row[1], reg_status=row[2], qualify=row[3]))
     return found
@@ -353,7 +373,7 @@ def find_devices_elsewhere(
         d.device_type == "SIP",
     )
     found: list[ElsewhereDevice] = []
-    for chunk in _chunks(sorted(set(names)), CHUNK):
+    for chunk in _chunks(names_mor_can_hold(names), CHUNK):
         for row in conn.execute(query, {"names": chunk}):
             found.append(ElsewhereDevice(id=row[0], name=row[1], server_id=row[2]))
     return found
@@ -418,15 +438,18 @@ def _insert_rows(conn: Connection, head: str, rows: Sequence[Sequence[Any]], tai
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     literal = _sql_literal(dbapi.escape)
-    cursor = dbapi.cursor()
     affected = 0
-    try:
-        for chunk in _chunks(rows, BATCH):
-            values = ",".join("(" + ",".join(map(literal, row)) + ")" for row in chunk)
-            affected += cursor.execute(f"{head} VALUES {values} {tail}")
-    finally:
-        cursor.close()
+    for chunk in _chunks(rows, BATCH):
+        values = ",".join("(" + ",".join(map(literal, row)) + ")" for row in chunk)
+        # through SQLAlchemy, statement text as it is: its errors are handled (and a lost
+        # connection invalidated) as every other statement's are
+        result = conn.exec_driver_sql(f"{head} VALUES {values} {tail}", execution_options=_VERBATIM)
+        affected += result.rowcount
     return affected
+
+
+#: A statement with its values already in it: the driver must not look for ``%s``.
+_VERBATIM: dict[str, Any] = {"no_parameters": True}
 
 
 def _sql_literal(quote: Callable[[str], str]) -> Callable[[Any], str]:
@@ -607,12 +630,35 @@ def _write_wrong_server(
 
 
 def fit(column: Any, value: Optional[str]) -> Optional[str]:
-    """``value`` cut to the column's declared length: a long text from Asterisk is stored
-    as far as it fits, never fails the write (MySQL's strict mode refuses it whole)."""
-    length = getattr(column.type, "length", None)
-    if value is None or length is None:
+    """``value`` as the column can hold it: cut to its declared length, and in MOR's own
+    tables (``utf8``, three bytes a character at most) with U+FFFD for any character
+    beyond the BMP. A long or exotic text from Asterisk is stored as far as it fits and
+    never fails the write (MySQL's strict mode refuses it whole)."""
+    if value is None:
         return value
-    return value[:length]
+    if column.table.metadata is schema.mor_metadata and not _fits_utf8mb3(value):
+        value = _BEYOND_BMP.sub("\ufffd", value)
+    length = getattr(column.type, "length", None)
+    return value if length is None else value[:length]
+
+
+#: Characters that MySQL's three-byte ``utf8`` (MOR's tables) cannot store.
+_BEYOND_BMP = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _fits_utf8mb3(text: str) -> bool:
+    return text.isascii() or _BEYOND_BMP.search(text) is None
+
+
+def names_mor_can_hold(names: Iterable[str]) -> list[str]:
+    """The distinct ``names`` that a row of MOR's ``devices`` could carry, sorted.
+
+    A peer name longer than ``devices.name`` or with a character beyond the BMP
+    (``devices`` is ``utf8``) matches no device; in a query it would only make MariaDB
+    refuse the statement ("Illegal mix of collations").
+    """
+    length: int = getattr(schema.devices.c.name.type, "length")  # noqa: B009 - String(100)
+    return sorted({n for n in names if len(n) <= length and _fits_utf8mb3(n)})
 
 
 def _write_server_run(conn: Connection, run: ServerRun) -> None:
