@@ -34,6 +34,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -164,6 +165,9 @@ NUMERIC_KEYS: Mapping[str, NumberRange] = {
     "webhook_device_ids": NumberRange(1, INT32_MAX, noun="a list of whole numbers"),
 }
 
+#: mor.conf keys whose value is a URL: shown only through :func:`mask_url`.
+URL_KEYS = ("db_url", "webhook_url")
+
 
 def _default_db_url() -> str:
     return _mysql_url(
@@ -222,14 +226,14 @@ class Settings:
 
     def masked_db_url(self) -> str:
         """``db_url`` with its password replaced by ``***``, fit for logs."""
-        return _masked(self.db_url)
+        return mask_url(self.db_url)
 
     def __repr__(self) -> str:
         parts = []
         for f in fields(self):
             value: object = getattr(self, f.name)
-            if f.name == "db_url":
-                value = self.masked_db_url()
+            if f.name in URL_KEYS and isinstance(value, str):
+                value = mask_url(value)
             elif f.name in ("ami_secret", "webhook_secret") and value is not None:
                 value = "***"
             parts.append(f"{f.name}={value!r}")
@@ -523,6 +527,20 @@ class _Values:
             return None
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
             raise ConfigError(f"{self.file}: {key} is not an http:// or https:// URL")
+        # The URL is never echoed: it may hold a password or a token. Where urllib's reading
+        # could differ from the user's, the URL is refused, so that mask_url hides all of it.
+        parts = urlsplit(raw)
+        try:
+            valid = bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is not a number 0-65535
+            valid = False
+        host_start = raw.index("//") + 2
+        if not valid or "@" in raw[host_start + _cut(raw[host_start:], "/?#") :]:
+            raise ConfigError(
+                f"{self.file}: {key} has no host, a bad port, or an '@' after the host"
+                " -- write '/', '?', '#' and '@' inside the user name, password, path or"
+                " query as %2F, %3F, %23 and %40"
+            )
         return raw
 
     def path(self, key: str, default: Path) -> Path:
@@ -565,8 +583,66 @@ def _mysql_url(host: str, port: int, database: str, user: str, password: str) ->
     return url.render_as_string(hide_password=False)
 
 
-def _masked(db_url: str) -> str:
-    return make_url(db_url).render_as_string(hide_password=True)
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(.*)", re.DOTALL)
+#: SQLAlchemy's reading of ``user:password@``: the password runs to the first ``@`` and
+#: may hold ``/ ? #`` (sqlalchemy.engine.url._parse_url)
+_SQLALCHEMY_USERINFO = re.compile(r"[^:/]*:[^@]*@")
+
+
+def _cut(text: str, stops: str) -> int:
+    """Index of the first character of ``stops`` in ``text``; its length when there is none."""
+    return min((i for i in map(text.find, stops) if i >= 0), default=len(text))
+
+
+def _userinfo_end(scheme: str, rest: str) -> int:
+    """Index in ``rest`` of the ``@`` that ends ``user:password``, -1 when there is none.
+
+    http(s) URLs are read as urllib reads them (RFC 3986: the authority ends at the first
+    ``/ ? #``, its last ``@`` ends the user information); database URLs also as SQLAlchemy
+    reads them, and the wider of the two readings is masked.
+    """
+    end = rest.rfind("@", 0, _cut(rest, "/?#"))
+    if scheme.lower() not in ("http://", "https://"):
+        sqlalchemy = _SQLALCHEMY_USERINFO.match(rest)
+        if sqlalchemy:
+            end = max(end, sqlalchemy.end() - 1)
+    return end
+
+
+def _masked_query(query: str) -> str:
+    """Every value replaced by ``***``; an item without ``=`` is all value."""
+    items = []
+    for item in query.split("&"):
+        key, equals, value = item.partition("=")
+        if not equals:
+            items.append("***" if item else "")
+        else:
+            items.append(f"{key}=***" if value else item)
+    return "&".join(items)
+
+
+def mask_url(url: str) -> str:
+    """``url`` fit for a log, stderr or the state file.
+
+    The password becomes ``***`` (the user name stays), every query value ``***`` and a
+    fragment ``***``; scheme, host, port and path stay as written. Every URL that the
+    collector shows goes through here.
+    """
+    match = _SCHEME.fullmatch(url)
+    scheme, rest = match.groups() if match else ("", url)
+    head = scheme
+    end = _userinfo_end(scheme, rest) if match else -1
+    if end >= 0:
+        user, colon, _password = rest[:end].partition(":")
+        head += f"{user}:***@" if colon else f"{user}@"
+        rest = rest[end + 1 :]
+    path, tail = rest[: _cut(rest, "?#")], rest[_cut(rest, "?#") :]
+    query, hashmark, fragment = tail.removeprefix("?").partition("#")
+    if tail.startswith("?"):
+        path += "?" + _masked_query(query)
+    if hashmark:
+        path += "#***" if fragment else "#"
+    return head + path
 
 
 def _db_url(values: _Values) -> str:
@@ -588,6 +664,11 @@ def _db_url(values: _Values) -> str:
                 f"{values.file}: db_url names an unknown database driver '{url.drivername}'"
                 " -- use mysql+pymysql:// or sqlite://"
             ) from None
+        if "@" in (url.host or ""):
+            # SQLAlchemy ends the password at its first '@': the rest would be the host
+            raise ConfigError(
+                f"{values.file}: db_url has an '@' in its password -- write it as %40"
+            )
         return given
     secret = values.values.get("secret")
     return _mysql_url(

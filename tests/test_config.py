@@ -9,9 +9,11 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from mor_plugin.config import (
+    URL_KEYS,
     ConfigError,
     Settings,
     load_settings,
+    mask_url,
     parse_flat_conf,
     read_manager_conf,
 )
@@ -228,7 +230,8 @@ def test_masked_db_url_hides_the_password(etc: Path) -> None:
     settings = load(etc, "secret = hunter2\n")
 
     assert "hunter2" not in settings.masked_db_url()
-    assert settings.masked_db_url() == "mysql+pymysql://mor:***@localhost:3306/mor?charset=utf8mb4"
+    # query values are masked too: the driver takes ?password= and ?ssl_key= as well
+    assert settings.masked_db_url() == "mysql+pymysql://mor:***@localhost:3306/mor?charset=***"
 
 
 def test_repr_hides_db_and_ami_secrets(etc: Path) -> None:
@@ -528,3 +531,81 @@ def test_an_include_of_nothing_changes_nothing(tmp_path: Path) -> None:
         "[general]\nport = 5038\n#include manager.d/*.conf\n[mor]\nsecret = s\n"
     )
     assert read_manager_conf(tmp_path / "manager.conf") == ("mor", "s", 5038)
+
+
+# ----------------------------------------------------------------------- masking URLs
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        # '@' and ':' in the password: the last '@' of the authority ends it (urllib's reading)
+        ("https://ops:p@ss:w@rd@hooks.example.com/in", "https://ops:***@hooks.example.com/in"),
+        # ... SQLAlchemy's: the password ends at the first '@' and may hold '/', '?', '#'
+        ("mysql+pymysql://mor:pa/ss?w#rd@db1:3306/mor", "mysql+pymysql://mor:***@db1:3306/mor"),
+        ("mysql+pymysql://mor:p@ss@db1/mor", "mysql+pymysql://mor:***@db1/mor"),
+        # percent-encoding stays as written, the user name too
+        ("https://us%40er:p%40ss%3Aw@h.example/x", "https://us%40er:***@h.example/x"),
+        # IPv6 hosts, with and without credentials
+        ("https://[2001:db8::1]:8443/hook?t=1", "https://[2001:db8::1]:8443/hook?t=***"),
+        ("mysql+pymysql://mor:pw@[::1]:3306/mor", "mysql+pymysql://mor:***@[::1]:3306/mor"),
+        (
+            "mysql+pymysql://[::1]:3306/mor?charset=utf8",
+            "mysql+pymysql://[::1]:3306/mor?charset=***",
+        ),
+        # no password; an empty one is masked all the same
+        ("https://ops@hooks.example.com/", "https://ops@hooks.example.com/"),
+        ("https://ops:@hooks.example.com/", "https://ops:***@hooks.example.com/"),
+        ("https://hooks.example.com:8443/in", "https://hooks.example.com:8443/in"),
+        # every query value; an item without '=' may be a bare token; empty ones stay empty
+        ("https://h/in?token=abc&id=7", "https://h/in?token=***&id=***"),
+        ("https://h/in?s3cr3tt0k3n", "https://h/in?***"),
+        ("https://h/in?a=&&b", "https://h/in?a=&&***"),
+        ("https://h/in?", "https://h/in?"),
+        # fragments
+        ("https://h/in#access_token=abc", "https://h/in#***"),
+        ("https://u:pw@h/in?t=1#f", "https://u:***@h/in?t=***#***"),
+        ("https://h/in#", "https://h/in#"),
+        # a database URL without credentials, and SQLite paths
+        ("sqlite:////var/lib/x@y.db", "sqlite:////var/lib/x@y.db"),
+        ("sqlite://", "sqlite://"),
+    ],
+)
+def test_mask_url_hides_the_password_and_every_query_value(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize("key", URL_KEYS)
+def test_repr_masks_every_url_bearing_key(etc: Path, key: str) -> None:
+    url = {
+        "db_url": "mysql+pymysql://mor:hunter2@db1/mor?ssl_key=tok3n",
+        "webhook_url": "https://ops:hunter2@hooks.example.com/in?token=tok3n",
+    }[key]
+    settings = load(etc, f"{key} = {url}\nwebhook_user_ids = -1\n")
+
+    assert getattr(settings, key) == url
+    assert "hunter2" not in repr(settings) and "tok3n" not in repr(settings)
+    assert f"{key}={mask_url(url)!r}" in repr(settings)
+
+
+def test_a_db_url_password_with_a_raw_at_sign_is_an_error(etc: Path) -> None:
+    message = config_error(etc, "db_url = mysql+pymysql://mor:p@ss@db1/mor\n")
+
+    assert message == f"{etc / 'mor.conf'}: db_url has an '@' in its password -- write it as %40"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://ops:pa/ss@hooks.example.com/in",  # '/' ends the host for urllib: port 'pa'
+        "https://ops:p?w@hooks.example.com/in",
+        "https://hooks.example.com:99999/in",
+        "https://:8443/in",
+        "https://hooks.example.com/in?to=ops@example.com",  # urllib and the eye differ
+    ],
+)
+def test_a_webhook_url_that_urllib_would_read_otherwise_is_an_error(etc: Path, url: str) -> None:
+    message = config_error(etc, f"webhook_url = {url}\n")
+
+    assert message.startswith(f"{etc / 'mor.conf'}: webhook_url has no host, a bad port")
+    assert url not in message and "pa/ss" not in message
