@@ -74,6 +74,9 @@ class RunSummary:
     asterisk_version: Optional[str] = None
     seconds: float = 0.0
     changes: list[str] = field(default_factory=list)
+    #: webhook alerts decided after the commit, not sent yet: the caller sends them with
+    #: deliver_alerts once it released the run's lock (a slow receiver must not hold it)
+    alerts: list[notify.Alert] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -408,7 +411,7 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
                 store.record_failure(engine, settings.server_id, utc_now(), message)
             raise RunFailed(message, EXIT_DATABASE) from None
         if not dry_run:
-            _after_commit(settings, engine, done["plan"], observed)
+            summary.alerts = _after_commit(settings, engine, done["plan"], observed)
     finally:
         if not dry_run:
             textfile.export(engine, settings.textfile_dir, settings.server_id, utc_now())
@@ -417,9 +420,12 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
     return summary
 
 
-def _after_commit(settings: Settings, engine: Any, plan: Plan, observed: datetime) -> None:
-    """Latency samples, purging and webhooks: outside the run's transaction, and none of
-    them fails a run whose statuses are written (each logs its own failure)."""
+def _after_commit(
+    settings: Settings, engine: Any, plan: Plan, observed: datetime
+) -> list[notify.Alert]:
+    """Latency samples, purging and the webhook alerts due (returned, to be sent after the
+    lock is released): outside the run's transaction, and none of them fails a run whose
+    statuses are written (each logs its own failure)."""
     try:
         if plan.latency_samples:
             with engine.begin() as conn:
@@ -430,7 +436,26 @@ def _after_commit(settings: Settings, engine: Any, plan: Plan, observed: datetim
             log.info("purged %d history rows and %d latency rows", history, latency)
     except SQLAlchemyError as err:
         log.warning("latency samples or purge failed: %s", store.describe_db_error(err))
-    notify.notify_after_commit(engine, notify.webhook_from(settings), plan.transitions, utc_now())
+    hook = notify.webhook_from(settings)
+    return (
+        [] if hook is None else notify.due_after_commit(engine, hook, plan.transitions, utc_now())
+    )
+
+
+def deliver_alerts(settings: Settings, alerts: Sequence[notify.Alert]) -> int:
+    """Send what a run decided (within ``webhook_timeout`` in all) and record it; never
+    raises. Returns the alerts delivered."""
+    hook = notify.webhook_from(settings)
+    if hook is None or not alerts:
+        return 0
+    engine = store.make_engine(settings.db_url, timeout=settings.db_timeout, echo=False)
+    try:
+        return notify.deliver(engine, hook, alerts, utc_now())
+    except Exception:  # noqa: BLE001 - a webhook never fails a run whose statuses are written
+        log.exception("webhook delivery failed unexpectedly")
+        return 0
+    finally:
+        engine.dispose()
 
 
 def _state_payload(
@@ -480,22 +505,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # the listener has a lock of its own: it must not keep the cron poll from running
     lock_file = watch_lock_file(settings) if args.watch else settings.lock_file
     try:
-        with _single_run(lock_file) as mine:
-            if not mine:
-                log.info("another run holds %s; this one exits", lock_file)
-                if args.verbose or args.json or args.watch:
-                    print(f"another mor-retrieve-peers run holds {lock_file}; nothing to do")
-                return EXIT_OK
-            if args.watch:
-                return _watch(settings)
-            return _run(args, settings)
-    except OSError as err:
-        return _fail(
-            f"{settings.lock_file}: cannot take the lock ({err.strerror}) "
-            "-- set lock_file or --lock-file",
-            EXIT_CONFIG,
-            sys.stderr,
-        )
+        try:
+            with _single_run(lock_file) as mine:
+                if not mine:
+                    log.info("another run holds %s; this one exits", lock_file)
+                    if args.verbose or args.json or args.watch:
+                        print(f"another mor-retrieve-peers run holds {lock_file}; nothing to do")
+                    return EXIT_OK
+                if args.watch:
+                    return _watch(settings)
+                code, alerts = _run(args, settings)
+        except OSError as err:
+            return _fail(
+                f"{settings.lock_file}: cannot take the lock ({err.strerror}) "
+                "-- set lock_file or --lock-file",
+                EXIT_CONFIG,
+                sys.stderr,
+            )
+        # the lock is released: the next cron run collects even while a receiver is slow
+        deliver_alerts(settings, alerts)
+        return code
     finally:
         # main() may run many times in one process (the demo's loop, tests)
         logging.getLogger().removeHandler(handler)
@@ -538,7 +567,8 @@ def _watch(settings: Settings) -> int:
         engine.dispose()
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> int:
+def _run(args: argparse.Namespace, settings: Settings) -> tuple[int, list[notify.Alert]]:
+    """The run under the lock: its exit code and the webhook alerts to send after it."""
     if args.migrate:
         try:
             engine = store.make_engine(settings.db_url, timeout=settings.db_timeout)
@@ -547,7 +577,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         except (SQLAlchemyError, store.StoreError) as err:
             message = f"database {settings.masked_db_url()}: {store.describe_db_error(err)}"
             log.error("migration failed: %s", message)
-            return _fail(message, EXIT_DATABASE, sys.stderr)
+            return _fail(message, EXIT_DATABASE, sys.stderr), []
         text = (
             f"migrated to schema version {applied[-1]}"
             if applied
@@ -555,7 +585,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         )
         log.info("%s", text)
         print(text)
-        return EXIT_OK
+        return EXIT_OK, []
 
     log.info(
         "run started (server_id %s, %s)",
@@ -570,13 +600,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         log.error("run failed: %s", err)
         if not args.dry_run:
             _save_state(settings, str(err), None, previous_success)
-        return _fail(str(err), err.exit_code, sys.stderr)
+        return _fail(str(err), err.exit_code, sys.stderr), []
     except Exception as err:  # noqa: BLE001 - one line for cron, the traceback for the log
         log.exception("run failed unexpectedly")
         message = f"unexpected {type(err).__name__}: {err} (traceback in {settings.log_file})"
         if not args.dry_run:
             _save_state(settings, message, None, previous_success)
-        return _fail(message, EXIT_UNEXPECTED, sys.stderr)
+        return _fail(message, EXIT_UNEXPECTED, sys.stderr), []
 
     log.info(
         "run finished in %.2f s: %d peers, %d devices changed, counts %s",
@@ -598,7 +628,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             f"server {summary.server_id}: {summary.peers} peers, {summary.changed} devices "
             f"changed in {summary.seconds:.2f} s"
         )
-    return EXIT_OK
+    return EXIT_OK, summary.alerts
 
 
 def _save_state(

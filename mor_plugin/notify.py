@@ -9,29 +9,44 @@ and the device ended up elsewhere than the last message said, the next poll
 (or the listener's heartbeat) sends where it is now.
 
 Messages are decided from committed data and sent after the run's transaction
-committed; the alerts of one run or event batch go out in one POST (chunks of
-``MAX_ALERTS``), retried once. A failing webhook is logged and never fails the
-run; its devices are not marked as notified, so the next catch-up retries.
+committed (the cron poll sends them after it released its lock file, so a slow
+receiver never keeps the next run from collecting); the alerts of one run or
+event batch go out in one POST (chunks of ``MAX_ALERTS``), retried once. The
+whole delivery -- every connection, request and answer of every chunk and retry
+-- ends by ``webhook_timeout`` seconds of wall-clock time: a connection still
+open then is shut down. A redirect (3xx) is a failed delivery and is not
+followed: following it would turn the signed POST into a body-less GET. A
+failing webhook is logged (its URL through ``config.mask_url``) and never fails
+the run; its devices are not marked as notified, so the next catch-up retries.
 
 The body is JSON; the header ``X-MOR-Signature: sha256=<hex>`` is the
-HMAC-SHA256 of the exact body bytes with ``webhook_secret``.
+HMAC-SHA256 of the exact body bytes with ``webhook_secret``. A user name and
+password in ``webhook_url`` are sent as HTTP Basic authentication.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Optional
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, store
-from .config import Settings
+from .config import Settings, mask_url
 from .status import Notified, Transition, alert_of, notified_after, should_notify
+
+if TYPE_CHECKING:
+    import urllib.request
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +173,101 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _post(hook: Webhook, body: bytes) -> None:
+class _Deadline:
+    """The wall-clock end of one delivery. Every connection opened under it is shut down
+    when it passes, whatever it is doing (connecting, TLS, sending, reading): a socket's
+    own timeout bounds each read, and a receiver trickling a byte a second never hits it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.passed = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[type[BaseException]],
+        error: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+
+    def remaining(self) -> float:
+        """Seconds left; raises TimeoutError when none are."""
+        left = self._end - time.monotonic()
+        if left <= 0 or self.passed:
+            raise TimeoutError(f"webhook_timeout ({self.seconds:g} s) passed")
+        return left
+
+    def connect(
+        self, address: tuple[str, int], timeout: object = None, source: Any = None
+    ) -> socket.socket:
+        """``socket.create_connection`` within the deadline (``timeout``, urllib's per-read
+        one, gives way to what is left), watched until the deadline ends."""
+        sock = socket.create_connection(address, self.remaining(), source)
+        # a duplicate of the descriptor: TLS detaches the original socket object, and
+        # shutting any descriptor of the connection down stops every blocked call on it
+        watched = sock.dup()
+        with self._lock:
+            self._sockets.append(watched)
+            if self.passed:
+                watched.shutdown(socket.SHUT_RDWR)
+        return sock
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.passed = True
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):  # closed already
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    """urllib with every connection made through ``deadline`` and no redirect followed
+    (a 3xx becomes an HTTPError); proxies from the environment still apply."""
     # imported here, not at the top: urllib.request brings http.client, which a cron run
     # that has nothing to send would load for nothing
-    import urllib.error
+    import http.client
     import urllib.request
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            # HTTPConnection.connect makes its socket through this attribute
+            self._create_connection = deadline.connect
+            super().connect()
+
+    class TLSConnection(Connection, http.client.HTTPSConnection):
+        pass
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Connection, req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(TLSConnection, req)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    return urllib.request.build_opener(Http, Https, NoRedirect)
+
+
+def _request(hook: Webhook, body: bytes) -> urllib.request.Request:
+    """The signed POST; credentials in the URL become an Authorization header."""
+    import urllib.request
+    from urllib.parse import unquote, urlsplit
 
     headers = {
         "Content-Type": "application/json",
@@ -170,45 +275,90 @@ def _post(hook: Webhook, body: bytes) -> None:
     }
     if hook.secret:
         headers[SIGNATURE_HEADER] = sign(hook.secret, body)
-    request = urllib.request.Request(hook.url, data=body, headers=headers, method="POST")  # noqa: S310 - http(s) only, checked in config
-    with urllib.request.urlopen(request, timeout=hook.timeout) as response:  # noqa: S310
+    parts = urlsplit(hook.url)
+    url = hook.url
+    if parts.username is not None:
+        import base64
+
+        userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 - http(s) only, checked in config
+
+
+def _post(opener: urllib.request.OpenerDirector, request: urllib.request.Request) -> None:
+    with opener.open(request) as response:
         if not 200 <= response.status < 300:
-            raise urllib.error.HTTPError(
-                hook.url, response.status, "not a 2xx answer", response.headers, None
-            )
+            raise OSError(f"HTTP {response.status}: not a 2xx answer")
+
+
+def _failure(err: BaseException, deadline: _Deadline) -> str:
+    """One line for a failed attempt, without a secret."""
+    import urllib.error
+
+    if deadline.passed:
+        return f"no complete answer within webhook_timeout ({deadline.seconds:g} s in all)"
+    if isinstance(err, urllib.error.HTTPError) and 300 <= err.code < 400:
+        location = err.headers.get("Location") if err.headers else None
+        where = f" to {mask_url(location)}" if location else ""
+        return f"HTTP {err.code} redirect{where}: not followed -- set webhook_url to the final URL"
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {_one_line(err.reason)}"
+    return _one_line(err)
 
 
 def send(hook: Webhook, alerts: Sequence[Alert], now: datetime) -> list[Alert]:
-    """POST the alerts (one request per chunk, one retry each); returns those delivered."""
+    """POST the alerts (one request per chunk, one retry each), all of it within
+    ``hook.timeout`` seconds; returns those delivered."""
+    import http.client
+    import urllib.error
+
     delivered: list[Alert] = []
-    for start in range(0, len(alerts), MAX_ALERTS):
-        chunk = alerts[start : start + MAX_ALERTS]
-        body = json.dumps(
-            {
-                "source": "mor-regstatus",
-                "server_id": hook.server_id,
-                "sent_at": _iso(now),
-                "alerts": [alert.payload for alert in chunk],
-            },
-            sort_keys=True,
-        ).encode()
-        for attempt in (1, 2):
-            try:
-                _post(hook, body)
-                delivered.extend(chunk)
-                break
-            except (OSError, ValueError) as err:  # URLError/HTTPError/timeouts are OSErrors
+    shown = mask_url(hook.url)
+    with _Deadline(hook.timeout) as deadline:
+        opener = _opener(deadline)
+        for start in range(0, len(alerts), MAX_ALERTS):
+            chunk = alerts[start : start + MAX_ALERTS]
+            if deadline.passed:
                 log.warning(
-                    "webhook %s failed (attempt %d of 2, %d alerts): %s",
-                    hook.url,
-                    attempt,
-                    len(chunk),
-                    _one_line(err),
+                    "webhook %s: webhook_timeout (%g s) passed; %d alerts not sent",
+                    shown,
+                    hook.timeout,
+                    len(alerts) - start,
                 )
+                break
+            body = json.dumps(
+                {
+                    "source": "mor-regstatus",
+                    "server_id": hook.server_id,
+                    "sent_at": _iso(now),
+                    "alerts": [alert.payload for alert in chunk],
+                },
+                sort_keys=True,
+            ).encode()
+            request = _request(hook, body)
+            for attempt in (1, 2):
+                try:
+                    _post(opener, request)
+                    delivered.extend(chunk)
+                    break
+                # URLError/HTTPError/timeouts are OSErrors; a cut answer an HTTPException
+                except (OSError, ValueError, http.client.HTTPException) as err:
+                    if isinstance(err, urllib.error.HTTPError):
+                        err.close()  # it holds the answer open
+                    log.warning(
+                        "webhook %s failed (attempt %d of 2, %d alerts): %s",
+                        shown,
+                        attempt,
+                        len(chunk),
+                        _failure(err, deadline),
+                    )
+                    if deadline.passed:
+                        break
     return delivered
 
 
-def _one_line(err: BaseException) -> str:
+def _one_line(err: object) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
@@ -228,18 +378,25 @@ def deliver(engine: Engine, hook: Webhook, alerts: Iterable[Alert], now: datetim
     return len(delivered)
 
 
+def due_after_commit(
+    engine: Engine, hook: Webhook, transitions: Sequence[Transition], now: datetime
+) -> list[Alert]:
+    """The alerts these (committed) transitions and the catch-up earn; never raises."""
+    try:
+        with engine.connect() as conn:
+            alerts = decide(conn, hook, transitions, now) + catch_up(conn, hook, now)
+    except SQLAlchemyError as err:
+        log.warning("webhook: cannot read the devices to notify: %s", store.describe_db_error(err))
+        return []
+    # a device both newly changed and due for catch-up: keep one alert
+    unique = {alert.notified.device_id: alert for alert in reversed(alerts)}
+    return list(unique.values())
+
+
 def notify_after_commit(
     engine: Engine, hook: Optional[Webhook], transitions: Sequence[Transition], now: datetime
 ) -> int:
     """Decide (from committed data) and deliver; never raises."""
     if hook is None:
         return 0
-    try:
-        with engine.connect() as conn:
-            alerts = decide(conn, hook, transitions, now) + catch_up(conn, hook, now)
-    except SQLAlchemyError as err:
-        log.warning("webhook: cannot read the devices to notify: %s", store.describe_db_error(err))
-        return 0
-    # a device both newly changed and due for catch-up: keep one alert
-    unique = {alert.notified.device_id: alert for alert in reversed(alerts)}
-    return deliver(engine, hook, list(unique.values()), now)
+    return deliver(engine, hook, due_after_commit(engine, hook, transitions, now), now)
