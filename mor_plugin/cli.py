@@ -15,9 +15,11 @@ import argparse
 import asyncio
 import fcntl
 import gc
+import io
 import json
 import logging
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -142,10 +144,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the log file's mode: it names hosts, users, devices and (masked) URLs -- not for everyone
+LOG_FILE_MODE = 0o640
+
+
+class _LogFile(logging.FileHandler):
+    """A FileHandler whose file is created with LOG_FILE_MODE whatever the umask, and whose
+    existing regular file loses the permissions beyond it (logrotate's ``create 0644``
+    or an old collector's file); a narrower mode is kept."""
+
+    #: what _open did to an existing file's mode, for the log
+    narrowed: Optional[str] = None
+
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self.baseFilename, flags | os.O_EXCL, LOG_FILE_MODE)
+            os.fchmod(fd, LOG_FILE_MODE)  # the umask may have taken bits away
+        except FileExistsError:
+            fd = os.open(self.baseFilename, flags)
+            mode = os.fstat(fd).st_mode
+            old, new = stat.S_IMODE(mode), stat.S_IMODE(mode) & LOG_FILE_MODE
+            if stat.S_ISREG(mode) and old != new:
+                try:
+                    os.fchmod(fd, new)
+                    self.narrowed = f"had mode {old:o}; now {new:o}"
+                except OSError as err:
+                    self.narrowed = f"has mode {old:o}; cannot narrow it ({err.strerror})"
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)  # noqa: SIM115
+
+
 def _setup_logging(settings: Settings) -> logging.Handler:
     """Log to the file of mor.conf; the caller removes the handler when the run ends."""
     settings.log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(settings.log_file, encoding="utf-8")
+    handler = _LogFile(settings.log_file, encoding="utf-8")
     handler.setFormatter(
         logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
     )
@@ -159,6 +191,10 @@ def _setup_logging(settings: Settings) -> logging.Handler:
     logging.getLogger("sqlalchemy.engine").setLevel(
         logging.INFO if settings.show_sql else logging.WARNING
     )
+    if handler.narrowed:
+        log.warning(
+            "log file %s %s (at most %o)", settings.log_file, handler.narrowed, LOG_FILE_MODE
+        )
     return handler
 
 
