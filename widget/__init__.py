@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Optional
 
-from flask import Flask, Response, current_app, jsonify, render_template, request
+from flask import Flask, Response, current_app, g, jsonify, render_template, request
 from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import Forbidden, Gone, HTTPException, InternalServerError
@@ -23,6 +23,7 @@ from mor_plugin.status import NONE
 from . import bullets, settings, signing
 from .cache import ResponseCache
 from .db import Database, utcnow
+from .forwarded import SafeForwarded
 from .settings import ConfigError
 from .timefmt import ago, duration, iso, utc_title
 
@@ -52,6 +53,10 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
     )
     if app.config["MOR_WIDGET_CACHE_SECONDS"] > 0:
         app.extensions["mor_widget_cache"] = ResponseCache(app.config["MOR_WIDGET_CACHE_SECONDS"])
+    # only an exact origin of the allow-list may read the API from another site
+    app.extensions["mor_widget_cors"] = settings.exact_origins(
+        app.config["MOR_WIDGET_FRAME_ANCESTORS"]
+    )
     app.add_template_filter(_time_ago, "ago")
     app.add_template_filter(duration, "duration")
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
@@ -64,9 +69,10 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(SQLAlchemyError, _database_error)
     app.register_error_handler(Exception, _unexpected_error)
-    # MOR's web server proxies us at /mor-status/ and says so in X-Forwarded-Prefix
-    app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-        app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=1
+    # MOR's web server proxies us at /mor-status/ and says so in X-Forwarded-Prefix;
+    # a prefix, host or scheme that is not a plain value is dropped before ProxyFix reads it
+    app.wsgi_app = SafeForwarded(  # type: ignore[method-assign]
+        ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=1)
     )
     if not app.config["MOR_WIDGET_SECRET"]:
         log.warning("MOR_WIDGET_SECRET is not set: anyone who can reach the widget can read it")
@@ -86,7 +92,9 @@ def _check_signature() -> None:
         return
     try:
         # request.path is relative to the app: the proxy's prefix is not part of what is signed
-        signing.verify(request.path, request.query_string.decode("latin-1"), secret)
+        g.mor_widget_link_expires = signing.verify(
+            request.path, request.query_string.decode("latin-1"), secret
+        )
     except signing.SignatureError as refused:
         raise (Gone if refused.status == 410 else Forbidden)(refused.reason) from None
 
@@ -108,11 +116,13 @@ def _security_headers(response: Response) -> Response:
     headers.setdefault("Cache-Control", "no-cache")
     headers.pop("X-Frame-Options", None)  # it would break the embedding; CSP says who may frame
     headers.pop("Set-Cookie", None)
-    origin = request.headers.get("Origin")
-    if origin and request.path.startswith("/api/"):
-        if origin in current_app.config["MOR_WIDGET_FRAME_ANCESTORS"]:
+    if request.path.startswith("/api/"):
+        # never echo anything but an exact origin of the allow-list ('self', wildcards,
+        # hosts without a scheme name no single origin)
+        origin = request.headers.get("Origin")
+        if origin and origin in current_app.extensions["mor_widget_cors"]:
             headers["Access-Control-Allow-Origin"] = origin
-        headers.add("Vary", "Origin")
+        headers.add("Vary", "Origin")  # with or without one: the answer depends on it
     return response
 
 

@@ -34,6 +34,7 @@ from werkzeug.serving import make_server
 from mor_plugin import schema
 
 from . import create_app
+from .digits import whole_number
 from .signing import sign_url
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,8 @@ def create_mor_app(db_url: str, widget_base: str, secret: Optional[str]) -> Flas
         return list(rows), max(1, -(-int(total) // PAGE_SIZE))
 
     def page_number() -> int:
-        raw = request.args.get("page", "1")
-        return max(0, int(raw) - 1) if raw.isdigit() else 0
+        number = whole_number(request.args.get("page", "1"))
+        return max(0, number - 1) if number is not None else 0
 
     @app.context_processor
     def helpers() -> dict[str, Any]:

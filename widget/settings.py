@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,6 +43,10 @@ _INTEGER_KEYS = (
 # an origin as CSP's frame-ancestors accepts it: scheme://host[:port], host wildcards allowed
 _SOURCE = re.compile(r"^(?:https?://)?(?:\*\.)?[A-Za-z0-9.-]+(?::(?:\d{1,5}|\*))?$")
 _KEYWORDS = ("'self'", "'none'")
+# one exact origin as a browser writes it in Origin: lower case, a port only if not the default
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_ORIGIN = re.compile(rf"(https?)://({_LABEL}(?:\.{_LABEL})*)(?::([0-9]{{1,5}}))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ConfigError(ValueError):
@@ -154,3 +158,24 @@ def frame_ancestors(raw: Any) -> tuple[str, ...]:
                 f"MOR_WIDGET_FRAME_ANCESTORS: {item!r} is not an origin like https://mor.example.com"
             )
     return tuple(items) or ("'self'",)
+
+
+def exact_origins(sources: Iterable[str]) -> frozenset[str]:
+    """The entries of ``sources`` that are one exact origin, ``scheme://host[:port]``, written as
+    a browser sends them in ``Origin`` (lower case, no default port).
+
+    Keywords (``'self'``), wildcards (``https://*.example.com``) and hosts without a scheme
+    name no single origin, so a cross-origin read is never allowed through them.
+    """
+    origins = set()
+    for source in sources:
+        match = _ORIGIN.fullmatch(source.lower())
+        if match is None:
+            continue
+        scheme, host, port = match.groups()
+        number = int(port) if port else _DEFAULT_PORTS[scheme]
+        if not 0 < number < 65536:
+            continue
+        port = "" if number == _DEFAULT_PORTS[scheme] else f":{number}"
+        origins.add(f"{scheme}://{host}{port}")
+    return frozenset(origins)

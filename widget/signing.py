@@ -16,8 +16,12 @@ import re
 import time
 from typing import Optional
 
+from .digits import whole_number
+
 SIG_PARAM = "&sig="
-_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(r"[0-9a-f]{64}")
+#: digits of ``exp`` at most (Unix time, UTC)
+EXP_DIGITS = 12
 
 
 def signature(message: str, secret: str) -> str:
@@ -41,8 +45,9 @@ class SignatureError(Exception):
         self.reason = reason
 
 
-def verify(path: str, query: str, secret: str, now: Optional[float] = None) -> None:
-    """Accept or raise ``SignatureError`` (403 bad or missing, 410 expired)."""
+def verify(path: str, query: str, secret: str, now: Optional[float] = None) -> int:
+    """The link's ``exp`` when it is valid, else ``SignatureError`` (403 bad or missing, 410
+    expired). ``sig`` is compared in lower case: Ruby and Python write hex in lower case."""
     if query.startswith("sig="):
         cut, given = 0, query[len("sig=") :]
     else:
@@ -51,7 +56,7 @@ def verify(path: str, query: str, secret: str, now: Optional[float] = None) -> N
             raise SignatureError(403, "this link is not signed")
         given = query[cut + len(SIG_PARAM) :]
     given = given.lower()
-    if not _HEX.match(given):
+    if not _HEX.fullmatch(given):
         raise SignatureError(403, "the signature must be the last parameter, 64 hex digits")
     unsigned = f"{path}?{query[:cut]}" if cut else path
     if not hmac.compare_digest(given, signature(unsigned, secret)):
@@ -61,11 +66,12 @@ def verify(path: str, query: str, secret: str, now: Optional[float] = None) -> N
         raise SignatureError(403, "the signed link has no valid exp parameter")
     if expires < (time.time() if now is None else now):
         raise SignatureError(410, "this link has expired; reload the page to get a new one")
+    return expires
 
 
 def _expiry(signed_query: str) -> Optional[int]:
     for pair in signed_query.split("&"):
         name, _, value = pair.partition("=")
         if name == "exp":
-            return int(value) if value.isdigit() and len(value) <= 12 else None
+            return whole_number(value, EXP_DIGITS)
     return None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, abort, current_app, g, jsonify, render_template, request
 from markupsafe import Markup
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -26,6 +25,7 @@ from .db import (
     is_stale,
     utcnow,
 )
+from .digits import whole_number
 from .timefmt import duration, iso
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("widget", __name__)
 
 MAX_IDS = 500
-_ID = re.compile(r"^[0-9]{1,10}$")
+#: ids are INT columns: at most 10 digits and 2**31 - 1
+MAX_ID = 2**31 - 1
 BULLET_MAX_AGE = 10
 #: the device page's strip and sparkline cover this many hours
 STRIP_HOURS = 24
@@ -51,17 +52,21 @@ def get_db() -> Database:
 
 
 def parse_id(raw: str, what: str = "device id") -> int:
-    """A positive id from the URL, or 400 (Flask's ``int`` converter would answer 404)."""
-    if not _ID.match(raw) or int(raw) > 2**31 - 1:
+    """An id from the URL: plain ASCII digits, else 400 (Flask's ``int`` converter would
+    answer 404)."""
+    value = whole_number(raw)
+    if value is None or value > MAX_ID:
         abort(400, f"the {what} must be a whole number, not {raw[:40]!r}")
-    return int(raw)
+    return value
 
 
 def parse_ids(values: list[str]) -> list[int]:
-    """``ids=1,2,3`` (also repeated ``ids=``): distinct ids in the order given."""
-    tokens = [token.strip() for value in values for token in value.split(",")]
-    tokens = [token for token in tokens if token]
-    if not tokens:
+    """``ids=1,2,3`` (also repeated ``ids=``): distinct ids in the order given.
+
+    Every comma-separated value must be an id: no spaces, no empty values.
+    """
+    tokens = [token for value in values for token in value.split(",")]
+    if not tokens or tokens == [""]:
         abort(400, "give the devices as ids=1,2,3")
     if len(tokens) > MAX_IDS * 4:  # bound the work before deduplicating
         abort(400, f"at most {MAX_IDS} ids per request")
@@ -226,9 +231,10 @@ def parse_positive(name: str, default: int, highest: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not _ID.match(raw) or not 1 <= int(raw) <= highest:
+    value = whole_number(raw)
+    if value is None or not 1 <= value <= highest:
         abort(400, f"{name} must be a whole number from 1 to {highest}, not {raw[:40]!r}")
-    return int(raw)
+    return value
 
 
 @bp.get("/api/v1/devices/<device_id>/history")
@@ -266,8 +272,8 @@ def link(path: str) -> str:
     """
     secret = current_app.config["MOR_WIDGET_SECRET"]
     if secret:
-        exp = request.args.get("exp", "")
-        expires_at = int(exp) if exp.isdigit() else int(time.time()) + LINK_LIFETIME
+        # the page's own exp, as its signature check read it
+        expires_at = g.get("mor_widget_link_expires") or int(time.time()) + LINK_LIFETIME
         path = signing.sign_url(path, secret, expires_at)
     return request.script_root + path
 
@@ -276,9 +282,9 @@ def devices_link(server_id: int, status: Optional[str] = None, page: int = 1) ->
     query = [f"status={status}"] if status else []
     if page > 1:
         query.append(f"page={page}")
-    per_page = request.args.get("per_page") if request.endpoint == "widget.server_devices" else None
-    if per_page:
-        query.append(f"per_page={int(per_page)}")
+    per_page: Optional[int] = g.get("mor_widget_per_page")  # the list page's, as it parsed it
+    if per_page is not None:
+        query.append(f"per_page={per_page}")
     return link(f"/servers/{server_id}/devices" + ("?" + "&".join(query) if query else ""))
 
 
@@ -317,6 +323,8 @@ def server_devices(server_id: str) -> Any:
         abort(400, f"status must be one of {', '.join(DEVICE_FILTERS)}")
     page = parse_positive("page", 1, 10**6)
     per_page = parse_positive("per_page", PER_PAGE, MAX_PER_PAGE)
+    if "per_page" in request.args:
+        g.mor_widget_per_page = per_page
     found = get_db().server_devices(sid, status, (page - 1) * per_page, per_page)
     if found is None:
         abort(404, f"there is no server with id {sid}")
