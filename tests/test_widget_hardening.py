@@ -12,6 +12,11 @@
 
 from __future__ import annotations
 
+import gc
+import random
+import time
+import tracemalloc
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -19,7 +24,10 @@ import pytest
 from conftest import MorDatabase, mor_database
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 from test_widget import SECRET, fill_world, make_app, signed
+
+from widget import ConfigError
 
 pytestmark = pytest.mark.mariadb
 
@@ -84,6 +92,189 @@ def apps() -> Iterator[Callable[..., Flask]]:
     yield make
     for app in made:
         app.extensions["mor_widget_db"].dispose()
+
+
+# ---------------------------------------------------------------- the answer cache
+
+MANY = range(1000, 1400)  # 400 more devices: an answer for all of them is ~70 KB of JSON
+
+
+@pytest.fixture
+def crowd(world: MorDatabase) -> MorDatabase:
+    rows = [
+        {
+            "id": i,
+            "name": f"crowd-device-{i:05d}",
+            "reg_status": f"OK ({i % 97} ms)",
+            "extension": str(i),
+        }
+        for i in MANY
+    ]
+    with world.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO devices (id, name, server_id, device_type, user_id, secret, context,"
+                " extension, username, qualify, reg_status) VALUES (:id, :name, 1, 'SIP', 2,"
+                " 's', 'mor', :extension, :name, 'yes', :reg_status)"
+            ),
+            rows,
+        )
+    return world
+
+
+def api_path(ids: list[int]) -> str:
+    return "/api/v1/devices/status?ids=" + ",".join(map(str, ids))
+
+
+def memory_growth(action: Callable[[], None]) -> int:
+    """Bytes allocated by ``action`` that are still alive after it (Python's own count).
+
+    Not counted: the test client's URLs in ``urllib.parse.urlsplit``'s own cache (128 of
+    them at most, since Python 3.11), which a server does not fill.
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        action()
+        getattr(urllib.parse.urlsplit, "cache_clear", lambda: None)()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def case_variant(url: str, rng: random.Random) -> str:
+    """The same link with the hex digits of its signature in random case."""
+    head, sig = url.rsplit("&sig=", 1)
+    return head + "&sig=" + "".join(c.upper() if rng.random() < 0.5 else c for c in sig)
+
+
+def test_one_link_in_many_spellings_and_expiries_is_one_answer_in_memory(
+    crowd: MorDatabase, apps: Callable[..., Flask]
+) -> None:
+    client = apps(crowd.url, MOR_WIDGET_SECRET=SECRET, MOR_WIDGET_CACHE_SECONDS=30).test_client()
+    ids = list(MANY)
+    assert client.get(signed(api_path(ids[:10]))).status_code == 200  # warm the engine
+    first = client.get(signed(api_path(ids)))
+    assert first.status_code == 200 and len(first.get_json()["devices"]) == len(ids)
+    size = len(first.get_data())
+    rng = random.Random(9)
+    bodies: set[bytes] = set()
+
+    def browse() -> None:
+        link = signed(api_path(ids))
+        for n in range(60):
+            # the MOR GUI renders each page with its own expiry; a client may spell sig in any case
+            for url in (case_variant(link, rng), signed(api_path(ids), expires_in=600 + n)):
+                answer = client.get(url)
+                assert answer.status_code == 200
+                bodies.add(answer.get_data())
+
+    grown = memory_growth(browse)
+    assert len(bodies) == 1  # every spelling and expiry gets the same answer
+    # before: one cached copy per spelling and per exp, 120 answers of ~70 KB
+    assert grown < 3 * size, f"{grown} bytes kept for 120 requests of one {size}-byte answer"
+
+
+def test_distinct_answers_never_take_more_memory_than_the_cache_bound(
+    crowd: MorDatabase, apps: Callable[..., Flask]
+) -> None:
+    client = apps(
+        crowd.url, MOR_WIDGET_SECRET=SECRET, MOR_WIDGET_CACHE_SECONDS=30, MOR_WIDGET_CACHE_MB=0.5
+    ).test_client()
+    ids = list(MANY)
+    assert client.get(signed(api_path(ids[:10]))).status_code == 200
+    rng = random.Random(3)
+    sizes: list[int] = []
+
+    def browse() -> None:
+        for _ in range(24):  # each page its own devices: 24 answers of ~60 KB, 1.5 MB in all
+            answer = client.get(signed(api_path(rng.sample(ids, 350))))
+            assert answer.status_code == 200
+            sizes.append(len(answer.get_data()))
+
+    grown = memory_growth(browse)
+    assert sum(sizes) > 1_200_000
+    assert grown < 0.5 * 1024 * 1024 + 2 * max(sizes), f"{grown} bytes kept, the bound is 0.5 MB"
+
+
+def test_answers_leave_memory_when_they_expire(
+    crowd: MorDatabase, apps: Callable[..., Flask]
+) -> None:
+    client = apps(crowd.url, MOR_WIDGET_CACHE_SECONDS=0.3).test_client()
+    ids = list(MANY)
+    assert client.get(api_path(ids[:10])).status_code == 200
+    rng = random.Random(4)
+
+    def browse() -> None:
+        for _ in range(12):
+            assert client.get(api_path(rng.sample(ids, 350))).status_code == 200
+        time.sleep(0.4)
+        assert client.get(api_path(ids[:5])).status_code == 200
+
+    grown = memory_growth(browse)
+    assert grown < 150_000, f"{grown} bytes still kept after every answer expired"
+
+
+def test_the_cache_keeps_the_order_asked_and_ignores_what_does_not_change_the_answer(
+    world: MorDatabase, apps: Callable[..., Flask]
+) -> None:
+    client = apps(world.url, MOR_WIDGET_CACHE_SECONDS=30).test_client()
+    assert [
+        d["id"] for d in client.get("/api/v1/devices/status?ids=1,2").get_json()["devices"]
+    ] == [
+        1,
+        2,
+    ]
+    assert [
+        d["id"] for d in client.get("/api/v1/devices/status?ids=2,1").get_json()["devices"]
+    ] == [
+        2,
+        1,
+    ]
+    before = client.get("/devices/1/bullet.svg").get_data()
+    world.execute("UPDATE devices SET reg_status = 'UNREACHABLE' WHERE id IN (1, 2)")
+    # the same answer, asked in other words: from memory until it expires
+    assert client.get("/devices/01/bullet.svg?v=2").get_data() == before
+    same = client.get("/api/v1/devices/status?ids=1&ids=2&ids=1&x=y").get_json()["devices"]
+    assert [d["status"] for d in same] == ["ok", "lagged"]
+    # another set of devices is another answer
+    fresh = client.get("/api/v1/devices/status?ids=2").get_json()["devices"]
+    assert [d["status"] for d in fresh] == ["unreachable"]
+
+
+def test_requests_that_fail_the_signature_are_never_answered_from_the_cache(
+    world: MorDatabase, apps: Callable[..., Flask]
+) -> None:
+    client = apps(world.url, MOR_WIDGET_SECRET=SECRET, MOR_WIDGET_CACHE_SECONDS=30).test_client()
+    for path in ("/devices/1/bullet.svg", "/api/v1/devices/status?ids=1"):
+        good = signed(path)
+        cached = client.get(good)
+        assert cached.status_code == 200
+        head, sig = good.rsplit("&sig=", 1)
+        separator = "&" if "?" in path else "?"
+        upper = f"{head}&sig={sig.upper()}"
+        assert client.get(upper).get_data() == cached.get_data()
+        refused = {
+            path: 403,
+            f"{path}{separator}exp={int(time.time()) + 300}": 403,
+            f"{head}&sig={sig[:-1]}": 403,
+            f"{head}&sig={sig[::-1]}": 403,
+            signed(path, secret="another secret"): 403,
+            head.replace("exp=", "exp=1") + f"&sig={sig}": 403,
+            signed(path, expires_in=-10): 410,
+        }
+        for url, status in refused.items():
+            answer = client.get(url)
+            assert answer.status_code == status, url
+            assert answer.get_data() != cached.get_data()
+
+
+def test_cache_bound_setting_is_checked() -> None:
+    for bad in ("-1", "0", "x", "5000"):
+        with pytest.raises(ConfigError, match="MOR_WIDGET_CACHE_MB"):
+            make_app("sqlite://", MOR_WIDGET_CACHE_MB=bad)
 
 
 # ---------------------------------------------------------------- ids and numbers

@@ -52,7 +52,10 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
         app.config["MOR_WIDGET_DB_READ_TIMEOUT"],
     )
     if app.config["MOR_WIDGET_CACHE_SECONDS"] > 0:
-        app.extensions["mor_widget_cache"] = ResponseCache(app.config["MOR_WIDGET_CACHE_SECONDS"])
+        app.extensions["mor_widget_cache"] = ResponseCache(
+            app.config["MOR_WIDGET_CACHE_SECONDS"],
+            max_bytes=int(app.config["MOR_WIDGET_CACHE_MB"] * 1024 * 1024),
+        )
     # only an exact origin of the allow-list may read the API from another site
     app.extensions["mor_widget_cors"] = settings.exact_origins(
         app.config["MOR_WIDGET_FRAME_ANCESTORS"]

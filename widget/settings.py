@@ -27,6 +27,8 @@ DEFAULTS: dict[str, Any] = {
     "MOR_WIDGET_REFRESH": 30,
     # seconds a bullet or JSON answer is served from memory (0: always ask the database)
     "MOR_WIDGET_CACHE_SECONDS": 2,
+    # megabytes of answers the cache may hold per worker process
+    "MOR_WIDGET_CACHE_MB": 16,
     # seconds a dead database may take to refuse before the request answers 503
     "MOR_WIDGET_DB_CONNECT_TIMEOUT": 3,
     "MOR_WIDGET_DB_READ_TIMEOUT": 5,
@@ -39,6 +41,11 @@ _INTEGER_KEYS = (
     "MOR_WIDGET_REFRESH",
     "MOR_WIDGET_DB_CONNECT_TIMEOUT",
     "MOR_WIDGET_DB_READ_TIMEOUT",
+)
+#: settings that take a number: (key, what it is, lowest, highest); a lowest of None means > 0
+_NUMBERS: tuple[tuple[str, str, Optional[float], float], ...] = (
+    ("MOR_WIDGET_CACHE_SECONDS", "a number of seconds (0 turns the cache off)", 0, 60),
+    ("MOR_WIDGET_CACHE_MB", "a number of megabytes", None, 1024),
 )
 # an origin as CSP's frame-ancestors accepts it: scheme://host[:port], host wildcards allowed
 _SOURCE = re.compile(r"^(?:https?://)?(?:\*\.)?[A-Za-z0-9.-]+(?::(?:\d{1,5}|\*))?$")
@@ -116,19 +123,24 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
             ) from None
         if values[key] < 1:
             raise ConfigError(f"{key} must be at least 1 second")
-    try:
-        values["MOR_WIDGET_CACHE_SECONDS"] = float(values["MOR_WIDGET_CACHE_SECONDS"])
-    except (TypeError, ValueError):
-        raise ConfigError(
-            "MOR_WIDGET_CACHE_SECONDS must be a number of seconds (0 turns the cache off), "
-            f"not {values['MOR_WIDGET_CACHE_SECONDS']!r}"
-        ) from None
-    if not 0 <= values["MOR_WIDGET_CACHE_SECONDS"] <= 60:
-        raise ConfigError("MOR_WIDGET_CACHE_SECONDS must be between 0 and 60")
+    for key, what, lowest, highest in _NUMBERS:
+        values[key] = _number(key, values[key], what, lowest, highest)
     values["MOR_WIDGET_SECRET"] = values.get("MOR_WIDGET_SECRET") or None
     values["MOR_WIDGET_FRAME_ANCESTORS"] = frame_ancestors(values.get("MOR_WIDGET_FRAME_ANCESTORS"))
     values["MOR_WIDGET_METRICS_ALLOW"] = metrics_allow(values.get("MOR_WIDGET_METRICS_ALLOW"))
     return values
+
+
+def _number(key: str, raw: Any, what: str, lowest: Optional[float], highest: float) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    low_ok = value > 0 if lowest is None else value >= lowest
+    if not (low_ok and value <= highest):  # also refuses nan and inf
+        low = "more than 0" if lowest is None else f"from {lowest:g}"
+        raise ConfigError(f"{key} must be {what}, {low} to {highest:g}, not {raw!r}")
+    return value
 
 
 def metrics_allow(raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

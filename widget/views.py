@@ -78,6 +78,14 @@ def parse_ids(values: list[str]) -> list[int]:
     return list(ids)
 
 
+def requested_ids() -> list[int]:
+    """This request's ``ids``, parsed once (the cache key and the view both need them)."""
+    ids: Optional[list[int]] = g.get("mor_widget_ids")
+    if ids is None:
+        ids = g.mor_widget_ids = parse_ids(request.args.getlist("ids"))
+    return ids
+
+
 def one_device(raw_id: str) -> DeviceStatus:
     device_id = parse_id(raw_id)
     device = get_db().devices([device_id]).get(device_id)
@@ -137,7 +145,7 @@ def latency_range(history: History) -> Optional[tuple[int, int]]:
 
 
 @bp.get("/devices/<device_id>/bullet.svg")
-@cached
+@cached(lambda device_id: str(parse_id(device_id)))
 def bullet(device_id: str) -> Any:
     device = one_device(device_id)
     title = bullets.tooltip(device.kind, device.reg_status)
@@ -195,9 +203,9 @@ def device_json(device: DeviceStatus, now: datetime) -> dict[str, Any]:
 
 
 @bp.get("/api/v1/devices/status")
-@cached
+@cached(lambda: ",".join(map(str, requested_ids())))
 def api_devices() -> Any:
-    ids = parse_ids(request.args.getlist("ids"))
+    ids = requested_ids()
     found = get_db().devices(ids)
     now = utcnow()
     return jsonify(
