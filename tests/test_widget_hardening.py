@@ -14,20 +14,26 @@ from __future__ import annotations
 
 import gc
 import random
+import socket
+import ssl
+import subprocess
+import threading
 import time
 import tracemalloc
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
+import pymysql
 import pytest
-from conftest import MorDatabase, mor_database
+from conftest import SOCKET, MorDatabase, mor_database
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 from test_widget import SECRET, fill_world, make_app, signed
 
-from widget import ConfigError
+from widget import ConfigError, dbtime
 
 pytestmark = pytest.mark.mariadb
 
@@ -275,6 +281,219 @@ def test_cache_bound_setting_is_checked() -> None:
     for bad in ("-1", "0", "x", "5000"):
         with pytest.raises(ConfigError, match="MOR_WIDGET_CACHE_MB"):
             make_app("sqlite://", MOR_WIDGET_CACHE_MB=bad)
+
+
+# ---------------------------------------------------------------- database time per request
+
+
+class FaultyProxy:
+    """A TCP proxy on 127.0.0.1 in front of MariaDB's 127.0.0.1:3306.
+
+    ``mode`` (changeable at any time, also for open connections): ``pass``
+    forwards both ways; ``trickle`` forwards the server's bytes one every
+    ``interval`` seconds, so that no single read ever waits long; ``silent``
+    forwards nothing back, and accepts new connections without ever answering.
+    """
+
+    def __init__(self, mode: str = "pass", interval: float = 0.25) -> None:
+        self.mode = mode
+        self.interval = interval
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = int(self._listener.getsockname()[1])
+        self._spawn(self._accept)
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _keep(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self._keep(client)
+            if self.mode == "silent":
+                continue  # held open, never answered
+            upstream = socket.create_connection(MARIADB)
+            self._keep(upstream)
+            self._spawn(self._pump, client, upstream, False)
+            self._spawn(self._pump, upstream, client, True)
+
+    def _pump(self, source: socket.socket, target: socket.socket, from_server: bool) -> None:
+        source.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                data = source.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                if from_server and self.mode == "silent":
+                    continue
+                if from_server and self.mode == "trickle":
+                    for byte in data:
+                        if self._stop.wait(self.interval):
+                            return
+                        target.sendall(bytes([byte]))
+                else:
+                    target.sendall(data)
+            except OSError:
+                return
+
+    def url(self, db: MorDatabase) -> str:
+        return db.url.replace("127.0.0.1:3306", f"127.0.0.1:{self.port}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        with self._lock:
+            threads, sockets = list(self._threads), list(self._sockets)
+        for thread in threads:
+            thread.join(2)
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[FaultyProxy]:
+    p = FaultyProxy()
+    yield p
+    p.close()
+
+
+def timed_get(client: FlaskClient, url: str) -> tuple[float, Any]:
+    started = time.monotonic()
+    response = client.get(url)
+    return time.monotonic() - started, response
+
+
+def assert_503_unavailable(response: Any) -> None:
+    assert response.status_code == 503
+    body = response.get_data(as_text=True)
+    assert "not answering" in body and len(body) < 2000
+    assert "Traceback" not in body and "pymysql" not in body.lower()
+
+
+@pytest.mark.parametrize("mode", ["trickle", "silent"])
+def test_a_database_that_trickles_or_is_silent_answers_503_within_the_documented_3_s(
+    world: MorDatabase, proxy: FaultyProxy, apps: Callable[..., Flask], mode: str
+) -> None:
+    proxy.mode = mode
+    client = apps(proxy.url(world)).test_client()  # the default MOR_WIDGET_DB_TIMEOUT
+    took, response = timed_get(client, "/healthz")
+    assert_503_unavailable(response)
+    assert took < DOCUMENTED_DB_TIMEOUT + SLACK, f"/healthz took {took:.1f} s"
+
+
+def test_a_database_that_turns_slow_bounds_each_request_as_a_whole(
+    world: MorDatabase, proxy: FaultyProxy, apps: Callable[..., Flask]
+) -> None:
+    client = apps(proxy.url(world), MOR_WIDGET_DB_TIMEOUT=1).test_client()
+    urls = [
+        "/devices/1/status",  # several statements: the bound is for all of them together
+        "/devices/2/bullet.svg",
+        "/api/v1/devices/status?ids=1,2,3",
+        "/healthz",
+    ]
+    for url in urls:
+        assert client.get(url).status_code == 200, url  # pooled connections, all well
+    proxy.mode = "trickle"
+    for url in urls:
+        took, response = timed_get(client, url)
+        assert_503_unavailable(response)
+        assert took < 1 + SLACK, f"{url} took {took:.1f} s"
+    proxy.mode = "pass"
+    assert client.get("/devices/1/status").status_code == 200  # and it comes back
+
+
+def test_a_locked_table_answers_503_within_the_db_timeout_and_recovers(
+    world: MorDatabase, apps: Callable[..., Flask]
+) -> None:
+    client = apps(world.url, MOR_WIDGET_DB_TIMEOUT=1).test_client()
+    assert client.get("/devices/1/bullet.svg").status_code == 200
+    locker = pymysql.connect(unix_socket=SOCKET, user="root", database=world.name)
+    try:
+        with locker.cursor() as cur:
+            cur.execute("LOCK TABLES devices WRITE")
+        took, response = timed_get(client, "/devices/1/bullet.svg")
+        assert response.status_code == 503 and response.mimetype == "image/svg+xml"
+        assert took < 1 + SLACK, f"the bullet took {took:.1f} s"
+        took, response = timed_get(client, "/api/v1/devices/status?ids=1")
+        assert response.status_code == 503 and "not answering" in response.get_json()["error"]
+        assert took < 1 + SLACK
+        with locker.cursor() as cur:
+            cur.execute("UNLOCK TABLES")
+    finally:
+        locker.close()
+    assert client.get("/devices/1/bullet.svg").status_code == 200
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "x", "601"])
+def test_db_timeout_setting_is_checked(bad: str) -> None:
+    with pytest.raises(ConfigError, match="MOR_WIDGET_DB_TIMEOUT"):
+        make_app("sqlite://", MOR_WIDGET_DB_TIMEOUT=bad)
+
+
+def test_the_bound_holds_under_tls_too(tmp_path: Path) -> None:
+    """PyMySQL wraps the socket in TLS when the server offers it (MySQL 8 does by default);
+    the wrapped socket keeps the request's deadline (this MariaDB has no TLS: a TLS peer here)."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        try:
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                while not stop.wait(0.1):  # one byte, one TLS record, every 0.1 s
+                    tls.sendall(b"x")
+        except OSError:
+            conn.close()  # the client has gone
+
+    server = threading.Thread(target=trickle, daemon=True)
+    server.start()
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    client_ctx.sslsocket_class = dbtime.DeadlineSSLSocket  # what DeadlineConnection sets
+    raw = dbtime.DeadlineSocket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.settimeout(5)  # each read alone would wait up to 5 s
+    raw.connect(listener.getsockname())
+    started = time.monotonic()
+    try:
+        with dbtime.time_limit(0.5):
+            tls = client_ctx.wrap_socket(raw, server_hostname="localhost")
+            assert isinstance(tls, dbtime.DeadlineSSLSocket)
+            with tls, pytest.raises(socket.timeout):
+                while True:
+                    tls.recv(1)
+        assert time.monotonic() - started < 0.5 + SLACK
+    finally:
+        stop.set()
+        server.join(2)
+        listener.close()
 
 
 # ---------------------------------------------------------------- ids and numbers

@@ -20,7 +20,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mor_plugin.status import NONE
 
-from . import bullets, settings, signing
+from . import bullets, dbtime, settings, signing
 from .cache import ResponseCache
 from .db import Database, utcnow
 from .forwarded import SafeForwarded
@@ -50,6 +50,7 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
         app.config["MOR_WIDGET_DB_URL"],
         app.config["MOR_WIDGET_DB_CONNECT_TIMEOUT"],
         app.config["MOR_WIDGET_DB_READ_TIMEOUT"],
+        app.config["MOR_WIDGET_DB_TIMEOUT"],
     )
     if app.config["MOR_WIDGET_CACHE_SECONDS"] > 0:
         app.extensions["mor_widget_cache"] = ResponseCache(
@@ -67,6 +68,8 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
     from .views import bp
 
     app.register_blueprint(bp)
+    app.before_request(_start_database_clock)
+    app.teardown_request(_stop_database_clock)
     app.before_request(_check_signature)
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _http_error)
@@ -87,6 +90,17 @@ def _time_ago(moment: datetime) -> Markup:
     return Markup('<time datetime="{}" title="{}">{}</time>').format(
         iso(moment), utc_title(moment), ago(moment, utcnow())
     )
+
+
+def _start_database_clock() -> None:
+    """All the database work of this request shares MOR_WIDGET_DB_TIMEOUT (widget.dbtime)."""
+    g.mor_widget_db_clock = dbtime.begin(current_app.config["MOR_WIDGET_DB_TIMEOUT"])
+
+
+def _stop_database_clock(error: Optional[BaseException]) -> None:
+    token = g.pop("mor_widget_db_clock", None)
+    if token is not None:
+        dbtime.end(token)
 
 
 def _check_signature() -> None:

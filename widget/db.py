@@ -24,6 +24,7 @@ from sqlalchemy import (
     bindparam,
     case,
     create_engine,
+    event,
     false,
     func,
     literal,
@@ -50,6 +51,8 @@ from mor_plugin.status import (
     kind_of,
     latency_ms,
 )
+
+from . import dbtime
 
 log = logging.getLogger(__name__)
 
@@ -616,10 +619,14 @@ def _is_missing_table(error: DBAPIError) -> bool:
 class Database:
     """The engine (made on first use) and the queries; one per app."""
 
-    def __init__(self, url: str, connect_timeout: int, read_timeout: int) -> None:
+    def __init__(
+        self, url: str, connect_timeout: float, read_timeout: float, request_timeout: float = 3
+    ) -> None:
         self._url = url
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
+        #: what one request may spend on the database in all (see ``widget.dbtime``)
+        self._request_timeout = request_timeout
         self._engine: Optional[Engine] = None
         self._lock = threading.Lock()
         #: tier (OWN, HISTORY) -> when a query found its tables missing (monotonic)
@@ -636,7 +643,10 @@ class Database:
     def _create_engine(self) -> Engine:
         url = make_url(self._url)
         kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": POOL_RECYCLE}
-        if url.get_backend_name() == "mysql":
+        mysql = url.get_backend_name() == "mysql"
+        if mysql:
+            # waiting for a free pooled connection is database time too
+            kwargs["pool_timeout"] = self._request_timeout
             # a dead or firewalled server must answer 503 quickly, not hang the worker
             kwargs["connect_args"] = {
                 "connect_timeout": self._connect_timeout,
@@ -644,7 +654,19 @@ class Database:
                 "write_timeout": self._read_timeout,
             }
         log.info("database engine for %s", url.render_as_string(hide_password=True))
-        return create_engine(url, **kwargs)
+        engine = create_engine(url, **kwargs)
+        if mysql:
+            # each request's database time is bounded as a whole (widget.dbtime)
+            event.listen(engine, "before_cursor_execute", dbtime.limit_statement, retval=True)
+            if url.get_driver_name() == "pymysql":
+                event.listen(engine, "do_connect", dbtime.connect_pymysql)
+            else:
+                log.warning(
+                    "%s: only PyMySQL's sockets are bounded by MOR_WIDGET_DB_TIMEOUT as a whole "
+                    "(with this driver, each read waits up to MOR_WIDGET_DB_READ_TIMEOUT)",
+                    url.drivername,
+                )
+        return engine
 
     def dispose(self) -> None:
         if self._engine is not None:

@@ -29,7 +29,10 @@ DEFAULTS: dict[str, Any] = {
     "MOR_WIDGET_CACHE_SECONDS": 2,
     # megabytes of answers the cache may hold per worker process
     "MOR_WIDGET_CACHE_MB": 16,
-    # seconds a dead database may take to refuse before the request answers 503
+    # seconds one request may spend on the database in all (connecting, every statement);
+    # past them it answers 503
+    "MOR_WIDGET_DB_TIMEOUT": 3,
+    # seconds for one connect, one read or write: within MOR_WIDGET_DB_TIMEOUT, never beyond
     "MOR_WIDGET_DB_CONNECT_TIMEOUT": 3,
     "MOR_WIDGET_DB_READ_TIMEOUT": 5,
     # client addresses or networks that may read /metrics (Prometheus cannot sign links)
@@ -46,6 +49,7 @@ _INTEGER_KEYS = (
 _NUMBERS: tuple[tuple[str, str, Optional[float], float], ...] = (
     ("MOR_WIDGET_CACHE_SECONDS", "a number of seconds (0 turns the cache off)", 0, 60),
     ("MOR_WIDGET_CACHE_MB", "a number of megabytes", None, 1024),
+    ("MOR_WIDGET_DB_TIMEOUT", "a number of seconds", None, 600),
 )
 # an origin as CSP's frame-ancestors accepts it: scheme://host[:port], host wildcards allowed
 _SOURCE = re.compile(r"^(?:https?://)?(?:\*\.)?[A-Za-z0-9.-]+(?::(?:\d{1,5}|\*))?$")
