@@ -1,10 +1,19 @@
-"""The widget: in-process latency (Flask test client) and requests/s under gunicorn.
+"""The widget: in-process latency (Flask test client), requests/s under gunicorn, memory.
 
 The database holds a settled server with ``devices`` devices (one collector run
 fills ``reg_status`` and the project's tables). URLs are signed as the MOR GUI
 signs them. Under gunicorn (2 sync workers on loopback) the list API and the
 bullet are driven by ``wrk`` (or ``bench.loadgen``) from another process, and a
 bare Flask hello-world is served and driven the same way in the same run.
+
+Memory (``memory``): a fresh process serves the widget in-process with the
+answer cache at its longest age (60 s, so that only its byte bound holds) and
+reports its RSS after each of three kinds of traffic, ``variants`` requests
+each: one signed link for 500 devices with its ``sig`` in random case, one
+page's link with a fresh ``exp`` per view, and pages of 100 devices each its
+own (distinct answers). The growth must stay within the cache's byte bound
+plus ``MEMORY_ALLOWANCE_MB`` (``within_limit``). Alone: ``python -m
+bench.widget_bench memory DB_URL N < device_ids.json`` (a JSON list of ids).
 """
 
 from __future__ import annotations
@@ -106,6 +115,90 @@ def profile_in_process(db_url: str, path: str, iterations: int, top: int = 25) -
     stats.strip_dirs().sort_stats("cumulative").print_stats(top)
     stats.sort_stats("tottime").print_stats(top)
     return text.getvalue()
+
+
+#: the answer cache's longest age: every answer of the run stays, only the byte bound holds
+MEMORY_CACHE_SECONDS = 60
+#: what a worker may grow beyond the cache's bound (allocator, buffers, compiled statements)
+MEMORY_ALLOWANCE_MB = 8
+
+
+def _rss_mb() -> dict[str, float]:
+    """This process's resident memory now and at its peak, in MB (Linux)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) / 1024
+    return {"rss_mb": round(fields["VmRSS"], 1), "peak_mb": round(fields["VmHWM"], 1)}
+
+
+def _case_variant(url: str, rng: random.Random) -> str:
+    head, sig = url.rsplit("&sig=", 1)
+    return head + "&sig=" + "".join(c.upper() if rng.random() < 0.5 else c for c in sig)
+
+
+def memory_in_this_process(db_url: str, device_ids: list[int], variants: int) -> dict[str, Any]:
+    """RSS of this process before and after each kind of traffic (see the module's doc)."""
+    app = create_app(
+        {
+            "MOR_WIDGET_DB_URL": db_url,
+            "MOR_WIDGET_SECRET": SECRET,
+            "MOR_WIDGET_CACHE_SECONDS": MEMORY_CACHE_SECONDS,
+        }
+    )
+    client = app.test_client()
+    rng = random.Random(11)  # noqa: S311 - sampling
+    page = _signed("/api/v1/devices/status?ids=" + ",".join(map(str, device_ids[:100])))
+    if client.get(page).status_code != 200:  # connections, compiled statements
+        raise RuntimeError("memory: the first request failed")
+    out: dict[str, Any] = {"variants": variants, "start": _rss_mb()}
+    big = _signed("/api/v1/devices/status?ids=" + ",".join(map(str, device_ids[:500])))
+    phases: dict[str, Callable[[int], str]] = {
+        "sig_case_variants": lambda n: _case_variant(big, rng),
+        "fresh_exp": lambda n: sign_url(
+            page.split("&exp=")[0], SECRET, int(time.time()) + 3600 + n
+        ),
+        "distinct_pages": lambda n: _signed(
+            "/api/v1/devices/status?ids="
+            + ",".join(map(str, rng.sample(device_ids, min(100, len(device_ids)))))
+        ),
+    }
+    for name, url_of in phases.items():
+        started = time.perf_counter()
+        for n in range(variants):
+            status = client.get(url_of(n)).status_code
+            if status != 200:
+                raise RuntimeError(f"memory, {name}: HTTP {status}")
+        out[name] = {**_rss_mb(), "seconds": round(time.perf_counter() - started, 2)}
+    cache = app.extensions.get("mor_widget_cache")
+    if cache is not None and hasattr(cache, "size_bytes"):
+        out["cache_entries"] = len(cache)
+        out["cache_mb"] = round(cache.size_bytes / 1024 / 1024, 1)
+    end = out["distinct_pages"]
+    out["growth_mb"] = round(end["rss_mb"] - out["start"]["rss_mb"], 1)
+    out["peak_mb"] = end["peak_mb"]
+    out["limit_mb"] = app.config["MOR_WIDGET_CACHE_MB"] + MEMORY_ALLOWANCE_MB
+    out["within_limit"] = out["growth_mb"] <= out["limit_mb"]
+    app.extensions["mor_widget_db"].dispose()
+    return out
+
+
+def memory(db_url: str, device_ids: list[int], variants: int) -> dict[str, Any]:
+    """``memory_in_this_process`` in a fresh interpreter, so that nothing else sits in its RSS."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.widget_bench", "memory", db_url, str(variants)],
+        input=json.dumps(device_ids),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"widget memory run failed: {proc.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _free_port() -> int:
@@ -247,7 +340,28 @@ def bench_widget(
         result["in_process"] = in_process(d.url, paths, iterations)
         log(f"widget: gunicorn -w 2, {seconds:g} s per endpoint")
         result["gunicorn"] = under_gunicorn(d.url, paths, seconds)
+        variants = max(20, iterations * 10)
+        log(f"widget: memory of one process, 3 x {variants} requests (answer cache on, 60 s)")
+        mem = result["memory"] = memory(d.url, ids, variants)
+        log(
+            f"widget: memory {mem['start']['rss_mb']} MB at start, "
+            + ", ".join(f"{mem[k]['rss_mb']} MB after {k}" for k in phases_of(mem))
+            + f"; growth {mem['growth_mb']} MB (limit {mem['limit_mb']:g} MB: "
+            + ("held" if mem["within_limit"] else "EXCEEDED")
+            + f"), peak {mem['peak_mb']} MB"
+        )
         if profile:
             log("widget: profiling the JSON status of 100 ids in-process")
             result["profile_api_100"] = profile_in_process(d.url, paths["api_100"], iterations)
     return result
+
+
+def phases_of(memory_result: dict[str, Any]) -> list[str]:
+    """The traffic phases of a ``memory`` result, in the order they ran."""
+    return [k for k, v in memory_result.items() if isinstance(v, dict) and "seconds" in v]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "memory":
+        sys.exit("usage: python -m bench.widget_bench memory DB_URL VARIANTS < device_ids.json")
+    print(json.dumps(memory_in_this_process(sys.argv[2], json.load(sys.stdin), int(sys.argv[3]))))
