@@ -87,6 +87,9 @@ class Alert:
 
     payload: dict[str, Any]
     notified: Notified
+    #: the row it leaves when it is *not* delivered, for a device that had no row: what
+    #: the receiver last knew, long enough ago that the next catch-up sends it again
+    if_lost: Optional[Notified] = None
 
 
 def _iso(at: datetime) -> str:
@@ -115,7 +118,12 @@ def _alert(
         "at": _iso(at),
         "source": source,
     }
-    return Alert(payload, notified_after(previous, device.id, kind, now, hook.window))
+    lost = (
+        None
+        if previous is not None
+        else Notified(device.id, previous_kind, now - hook.window, now - hook.window, 0)
+    )
+    return Alert(payload, notified_after(previous, device.id, kind, now, hook.window), lost)
 
 
 def decide(
@@ -368,10 +376,16 @@ def deliver(engine: Engine, hook: Webhook, alerts: Iterable[Alert], now: datetim
     if not pending:
         return 0
     delivered = send(hook, pending, now)
-    if delivered:
+    sent = {id(alert) for alert in delivered}
+    # a device's first message that failed keeps a row, so that the catch-up retries it
+    # (without a row, nothing would: devices that never had a message are not caught up)
+    rows = [alert.notified for alert in delivered] + [
+        alert.if_lost for alert in pending if id(alert) not in sent and alert.if_lost
+    ]
+    if rows:
         try:
             with engine.begin() as conn:
-                store.write_notified(conn, [alert.notified for alert in delivered])
+                store.write_notified(conn, rows)
         except SQLAlchemyError as err:
             log.warning("webhook sent, but not recorded: %s", store.describe_db_error(err))
     log.info("webhook: %d of %d alerts delivered", len(delivered), len(pending))

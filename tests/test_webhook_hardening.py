@@ -178,7 +178,9 @@ def test_a_second_run_collects_while_the_first_one_waits_for_a_slow_receiver(
     assert took < 2 + 2.5  # the whole first process: start-up, the run, the delivery
     log = (tmp_path / "log" / "ami_debug.log").read_text()
     assert "no complete answer within webhook_timeout (2 s in all)" in log
-    assert mor.execute("SELECT COUNT(*) FROM mor_regstatus_notified").scalar() == 0
+    # not recorded as sent: the row says what the receiver last knew, for the catch-up
+    sent = "SELECT last_status, sent_in_window FROM mor_regstatus_notified"
+    assert mor.execute(sent).all() == [("ok", 0)]
 
 
 class Redirector(Receiver):
@@ -264,3 +266,36 @@ def test_a_redirect_is_a_failed_delivery_that_goes_out_again(
     ) in log
     assert "t0ps3cret" not in log
     assert "webhook: 0 of 1 alerts delivered" in log
+
+
+def test_a_first_down_alert_that_failed_goes_out_with_the_next_catch_up(
+    mor: MorDatabase,  # noqa: F811
+    sim: AmiSimulator,  # noqa: F811
+    redirector: Redirector,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The device never had a message: its failed "down" must not be lost for good."""
+    conf = write_conf(
+        tmp_path,
+        mor.url,
+        sim,
+        webhook_url=f"{redirector.base}/hook",
+        webhook_user_ids=-1,
+        flap_window=0.02,  # 1.2 s
+    )
+    summary(conf, capsys)
+    redirector.answer = (302, f"{redirector.base}/moved")
+    sim.set_status("102", "UNREACHABLE")
+    summary(conf, capsys)  # "down": redirected, failed
+    redirector.answer = (204, None)
+    summary(conf, capsys)  # the catch-up sends it
+    assert [(a["alert"], a["source"]) for a in redirector.received()] == [
+        ("down", "poll"),
+        ("down", "poll"),  # its retry
+        ("down", "catch-up"),
+    ]
+    notified = "SELECT last_status FROM mor_regstatus_notified WHERE device_id = 2"
+    assert mor.execute(notified).scalar() == "unreachable"
+    summary(conf, capsys)  # delivered: nothing more
+    assert len(redirector.received()) == 3
