@@ -225,6 +225,14 @@ def redirector() -> Iterator[Redirector]:
         yield receiver
 
 
+def _conf_for(redirector: Redirector, db: MorDatabase, ami: AmiSimulator, tmp_path: Path) -> Path:
+    """Alerts for the provider's device 2 to ``redirector``; a dampening window of 1.2 s."""
+    hook = f"{redirector.base}/hook"
+    return write_conf(
+        tmp_path, db.url, ami, webhook_url=hook, webhook_user_ids=-1, flap_window=0.02
+    )
+
+
 def test_a_redirect_is_a_failed_delivery_that_goes_out_again(
     mor: MorDatabase,  # noqa: F811
     sim: AmiSimulator,  # noqa: F811
@@ -232,14 +240,7 @@ def test_a_redirect_is_a_failed_delivery_that_goes_out_again(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    conf = write_conf(
-        tmp_path,
-        mor.url,
-        sim,
-        webhook_url=f"{redirector.base}/hook",
-        webhook_user_ids=-1,
-        flap_window=0.02,  # 1.2 s
-    )
+    conf = _conf_for(redirector, mor, sim, tmp_path)
     summary(conf, capsys)
     sim.set_status("102", "UNREACHABLE")
     summary(conf, capsys)  # "down", delivered
@@ -276,14 +277,7 @@ def test_a_first_down_alert_that_failed_goes_out_with_the_next_catch_up(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The device never had a message: its failed "down" must not be lost for good."""
-    conf = write_conf(
-        tmp_path,
-        mor.url,
-        sim,
-        webhook_url=f"{redirector.base}/hook",
-        webhook_user_ids=-1,
-        flap_window=0.02,  # 1.2 s
-    )
+    conf = _conf_for(redirector, mor, sim, tmp_path)
     summary(conf, capsys)
     redirector.answer = (302, f"{redirector.base}/moved")
     sim.set_status("102", "UNREACHABLE")
