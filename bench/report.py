@@ -40,6 +40,12 @@ MODE_LABELS = {
     "pjsip_steady": "PJSIP steady",
     "pjsip_idle": "PJSIP idle",
 }
+#: the traffic phases of the widget's memory run (bench.widget_bench.memory), in order
+MEMORY_PHASES = {
+    "sig_case_variants": "one signed link for 500 devices, `sig` in random case",
+    "fresh_exp": "one page's link, a fresh `exp` per view",
+    "distinct_pages": "pages of 100 devices, each its own",
+}
 
 
 def _at(results: dict[str, Any], n: int) -> Optional[dict[str, Any]]:
@@ -184,6 +190,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "not measured" if share is None else f"{share * 100:.0f} %",
             )
         )
+    memory = widget.get("memory") if widget else None  # absent from older results files
+    out.append(
+        _target(
+            "memory growth of a widget worker (answer cache on)",
+            "<= cache bound + 8 MB",
+            memory["growth_mb"] if memory else None,
+            memory["within_limit"] if memory else None,
+            "not measured"
+            if memory is None
+            else f"{memory['growth_mb']:.1f} MB (limit {memory['limit_mb']:g} MB)",
+        )
+    )
     return out
 
 
@@ -385,6 +403,34 @@ def widget_table(results: dict[str, Any]) -> str:
             f"| {_fmt(gun and gun['rps'], 0)} | {_fmt(gun and gun['p99_ms'], 1)} "
             f"| {'-' if share is None else f'{share * 100:.0f} %'} |"
         )
+    memory = widget.get("memory")  # absent from older results files
+    if memory:
+        lines.append(f"\n{memory_table(memory)}")
+    return "\n".join(lines)
+
+
+def memory_table(memory: dict[str, Any]) -> str:
+    """A widget worker's RSS after each kind of traffic, and its growth against the limit."""
+    lines = [
+        f"| traffic ({memory['variants']:,} requests each) | RSS after, MB |",
+        "|---|---:|",
+        f"| start | {memory['start']['rss_mb']:.1f} |",
+    ]
+    lines += [
+        f"| {label} | {memory[key]['rss_mb']:.1f} |"
+        for key, label in MEMORY_PHASES.items()
+        if key in memory
+    ]
+    cache = (
+        f"; cache {memory['cache_entries']:,} entries, {memory['cache_mb']:.1f} MB"
+        if "cache_entries" in memory
+        else ""
+    )
+    lines.append(
+        f"\ngrowth {memory['growth_mb']:.1f} MB against a limit of {memory['limit_mb']:g} MB: "
+        f"{'held' if memory['within_limit'] else 'EXCEEDED'}{cache}; "
+        f"peak {memory['peak_mb']:.1f} MB"
+    )
     return "\n".join(lines)
 
 

@@ -73,18 +73,23 @@ def test_many_servers_and_widget_figures_are_reported(
         assert widget["gunicorn"][name]["rps"] > 0
         assert widget["gunicorn"][name]["p99_ms"] is not None
         assert widget["gunicorn"][name]["errors"] == 0
+    memory = widget["memory"]
+    assert memory["growth_mb"] is not None and memory["limit_mb"] > 0
+    assert "within_limit" in memory
 
 
 def test_targets_table_and_plot_are_written(bench_run: tuple[Path, str]) -> None:
     out, printed = bench_run
     results = json.loads((out / "latest.json").read_text())
     statuses = {t["target"]: t["status"] for t in results["targets"]}
-    assert len(statuses) == 12
+    assert len(statuses) == 13
     assert set(statuses.values()) <= {"pass", "FAIL", "n/a"}
     assert statuses["collector 100k cold"] == "n/a"
+    assert statuses["memory growth of a widget worker (answer cache on)"] in ("pass", "FAIL")
     assert (out / "collector.png").read_bytes().startswith(b"\x89PNG")
     for heading in ("## Collector cycle", "## Many servers", "## Widget", "## Targets"):
         assert heading in printed
+    assert "| traffic (" in printed and "against a limit of" in printed
 
 
 def test_the_collector_is_measured_against_real_asterisk_beside_legacy_and_the_raw_read(
