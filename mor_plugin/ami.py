@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Mapping
@@ -129,7 +130,7 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
         for block in blocks:
             block = block.strip()
             if wire_log.isEnabledFor(logging.DEBUG):
-                wire_log.debug("received %r", block)
+                wire_log.debug("received %r", _SECRET_LINE.sub(r"\1: ***", block))
             peer_list = self.peer_list
             if peer_list is not None and block.startswith("Event: PeerEntry"):
                 peer_list.add_entry(_fields(block))
@@ -140,6 +141,11 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
             message = Message.from_line(block)
             if message is not None:
                 self.handle_message(message)
+
+
+#: Lines of an answer that carry a credential: PJSIPShowEndpoint lists each auth object
+#: with its password in clear (Asterisk 16), and the wire log must not keep it.
+_SECRET_LINE = re.compile(r"(?im)^(password|secret|md5cred): [^\r\n]*")
 
 
 def _fields(block: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -461,3 +462,19 @@ def test_texts_for_mors_own_tables_lose_what_utf8_cannot_hold(mor_db: MorDatabas
     assert fitted == ("Asterisk 22.10.1 \ufffd " + "v" * 40)[:30]
     mor_db.execute("UPDATE servers SET version = :v WHERE id = 1", v=fitted)  # strict mode
     assert store.fit(schema.contacts.c.user_agent, "UA 😀") == "UA 😀"  # our tables: utf8mb4
+
+
+def test_the_wire_log_never_keeps_a_pjsip_auth_password(
+    event_loop_of_its_own: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``debug = 1`` every AMI message is logged; PJSIPShowEndpoint's auth objects
+    carry their password in clear (Asterisk 16) and it must not reach the log."""
+    stream = _received("ast16-pjsipshowendpoint.txt").replace(
+        b"Password: <masked>", b"Password: hunter2-secret"
+    )
+    assert b"hunter2-secret" in stream
+    with caplog.at_level(logging.DEBUG, logger="mor_plugin.ami.wire"):
+        _feed([stream])
+    wire = "\n".join(r.getMessage() for r in caplog.records if r.name == "mor_plugin.ami.wire")
+    assert "Password: ***" in wire
+    assert "hunter2-secret" not in wire
