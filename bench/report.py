@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 MODES = (
     "floor",
@@ -62,59 +62,75 @@ def _target(
     return {"target": name, "goal": goal, "value": value, "shown": shown, "status": status}
 
 
+def _measured(
+    name: str,
+    goal: str,
+    value: Optional[float],
+    passes: Callable[[float], bool],
+    shown: Callable[[float], str],
+    missing: str = "not measured",
+) -> dict[str, Any]:
+    """A target on one figure; ``n/a`` and ``missing`` when the figure was not measured."""
+    if value is None:
+        return _target(name, goal, None, None, missing)
+    return _target(name, goal, value, passes(value), shown(value))
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     at10k, at100k = _at(results, 10_000), _at(results, 100_000)
     cold10 = at10k["cold"]["wall_s"] if at10k else None
     out.append(
-        _target(
+        _measured(
             "collector 10k cold",
             "<= 1 s median",
             cold10,
-            None if cold10 is None else cold10 <= 1.0,
-            "not measured" if cold10 is None else f"{cold10:.3f} s",
+            lambda v: v <= 1.0,
+            lambda v: f"{v:.3f} s",
         )
     )
     pjsip10 = at10k["pjsip_cold"]["wall_s"] if at10k and "pjsip_cold" in at10k else None
     out.append(
-        _target(
+        _measured(
             "collector 10k PJSIP cold",
             "<= 1 s median",
             pjsip10,
-            None if pjsip10 is None else pjsip10 <= 1.0,
-            "not measured" if pjsip10 is None else f"{pjsip10:.3f} s",
+            lambda v: v <= 1.0,
+            lambda v: f"{v:.3f} s",
         )
     )
     cold100 = at100k["cold"]["wall_s"] if at100k else None
     out.append(
-        _target(
+        _measured(
             "collector 100k cold",
             "<= 5 s median",
             cold100,
-            None if cold100 is None else cold100 <= 5.0,
-            "not measured (full run only)" if cold100 is None else f"{cold100:.3f} s",
+            lambda v: v <= 5.0,
+            lambda v: f"{v:.3f} s",
+            "not measured (full run only)",
         )
     )
     rss = max(at100k[m]["rss_mb"] for m in ("cold", "steady", "idle", "outage")) if at100k else None
     out.append(
-        _target(
+        _measured(
             "collector peak RSS at 100k",
             "<= 150 MB",
             rss,
-            None if rss is None else rss <= 150,
-            "not measured (full run only)" if rss is None else f"{rss:.0f} MB",
+            lambda v: v <= 150,
+            lambda v: f"{v:.0f} MB",
+            "not measured (full run only)",
         )
     )
     ratio = None
     if at10k and "legacy" in at10k:
         ratio = at10k["legacy"]["wall_s"] / at10k["cold"]["wall_s"]
     out.append(
-        _target(
+        _measured(
             "faster than legacy at 10k (cold)",
             ">= 5x",
             ratio,
-            None if ratio is None else ratio >= 5,
-            "not measured" if ratio is None else f"{ratio:.2f}x",
+            lambda v: v >= 5,
+            lambda v: f"{v:.2f}x",
         )
     )
     sizes = sorted(entry["peers"] for entry in results.get("collector", []))
@@ -126,22 +142,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             sizes[-1] / sizes[-2]
         )
     out.append(
-        _target(
+        _measured(
             "linear growth (cold, two largest sizes)",
             "log-log slope <= 1.15",
             slope,
-            None if slope is None else slope <= 1.15,
-            "not measured" if slope is None else f"slope {slope:.2f}",
+            lambda v: v <= 1.15,
+            lambda v: f"slope {v:.2f}",
         )
     )
     idle_rows = [e["idle"]["devices_rows"] for e in results.get("collector", [])]
     out.append(
-        _target(
+        _measured(
             "steady state writes only changed rows",
             "0 devices rows when nothing changed",
             max(idle_rows) if idle_rows else None,
-            None if not idle_rows else max(idle_rows) == 0,
-            "not measured" if not idle_rows else f"{max(idle_rows)} rows",
+            lambda v: v == 0,
+            lambda v: f"{v} rows",
         )
     )
     many = results.get("many_servers")
@@ -171,23 +187,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     widget = results.get("widget")
     api = widget["in_process"]["api_100"]["median_ms"] if widget else None
     out.append(
-        _target(
+        _measured(
             "widget JSON, 100 ids, in-process",
             "<= 5 ms median",
             api,
-            None if api is None else api <= 5.0,
-            "not measured" if api is None else f"{api:.2f} ms",
+            lambda v: v <= 5.0,
+            lambda v: f"{v:.2f} ms",
         )
     )
     for name, label in (("api_100", "widget JSON 100 ids"), ("bullet", "widget bullet")):
         share = widget["gunicorn"][name]["share_of_hello"] if widget else None
         out.append(
-            _target(
+            _measured(
                 f"{label} under gunicorn",
                 ">= 70 % of hello-world req/s",
                 share,
-                None if share is None else share >= 0.70,
-                "not measured" if share is None else f"{share * 100:.0f} %",
+                lambda v: v >= 0.70,
+                lambda v: f"{v * 100:.0f} %",
             )
         )
     memory = widget.get("memory") if widget else None  # absent from older results files
@@ -216,26 +232,26 @@ def startup_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if at10k and cold and "legacy" in at10k:
         ratio = at10k["legacy"]["process_wall_s"] / cold["process_wall_s"]
     return [
-        _target(
+        _measured(
             "collector start-up at 10k (cold; process minus cycle)",
             "<= 0.2 s median",
             startup,
-            None if startup is None else startup <= 0.2,
-            "not measured" if startup is None else f"{startup:.3f} s",
+            lambda v: v <= 0.2,
+            lambda v: f"{v:.3f} s",
         ),
-        _target(
+        _measured(
             "collector 10k cold, whole process",
             "<= 0.8 s median",
             process,
-            None if process is None else process <= 0.8,
-            "not measured" if process is None else f"{process:.3f} s",
+            lambda v: v <= 0.8,
+            lambda v: f"{v:.3f} s",
         ),
-        _target(
+        _measured(
             "faster than legacy at 10k (cold), whole process",
             ">= 5x",
             ratio,
-            None if ratio is None else ratio >= 5,
-            "not measured" if ratio is None else f"{ratio:.2f}x",
+            lambda v: v >= 5,
+            lambda v: f"{v:.2f}x",
         ),
     ]
 
