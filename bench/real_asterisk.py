@@ -23,6 +23,8 @@ from __future__ import annotations
 import random
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,6 +96,30 @@ class _Run:
         time.sleep(self.qualify_every + 1)
 
 
+@contextmanager
+def _bench_run(n: int, qualify_every: int) -> Iterator[tuple[_Run, list[str]]]:
+    """A bench database with servers 1 and 2 and ``n`` devices of server 1, and the
+    devices' names (the phones' users)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="mor-bench-real-") as tmp,
+        benchdb.bench_database() as database,
+    ):
+        bench = _Run(database, Ports(), Path(tmp), qualify_every)
+        try:
+            benchdb.add_servers(bench.root, [1, 2])
+            benchdb.add_devices(bench.root, n, 1)
+            yield bench, [str(100000 + i) for i in range(n)]
+        finally:
+            bench.root.close()
+
+
+def _register(phones: PhoneBank, n: int) -> float:
+    """Register every phone of the bank; the seconds it took."""
+    started = time.monotonic()
+    phones.register(timeout=60 + n / 100)
+    return round(time.monotonic() - started, 2)
+
+
 def bench_chan_sip(
     n: int,
     runs: int,
@@ -103,13 +129,8 @@ def bench_chan_sip(
 ) -> dict[str, Any]:
     """``n`` realtime chan_sip phones on Asterisk 16."""
     out: dict[str, Any] = {"peers": n, "asterisk": "16", "driver": "chan_sip realtime"}
-    with (
-        tempfile.TemporaryDirectory(prefix="mor-bench-real-") as tmp,
-        benchdb.bench_database() as d,
-    ):
-        bench = _Run(d, Ports(), Path(tmp), qualify_every)
-        benchdb.add_servers(bench.root, [1, 2])
-        benchdb.add_devices(bench.root, n, 1)
+    with _bench_run(n, qualify_every) as (bench, names):
+        d = bench.database
         files = mor_files(
             RELEASES["16"],
             bench.ports,
@@ -117,15 +138,12 @@ def bench_chan_sip(
             realtime=RealtimeDb(d.name, d.user, d.password),
             qualifyfreq=qualify_every,
         )
-        names = [str(100000 + i) for i in range(n)]
         with (
             Asterisk("16", files, name="bench16") as ast,
             PhoneBank(bench.ports.sip, _phones(names, n), seed=n) as phones,
         ):
             log(f"{n:>7} chan_sip phones: registering to Asterisk 16")
-            started = time.monotonic()
-            phones.register(timeout=60 + n / 100)
-            out["register_s"] = round(time.monotonic() - started, 2)
+            out["register_s"] = _register(phones, n)
             _wait(lambda: _all_online(ast, n), 60 + n / 100, f"{n} phones qualified")
             run_child(bench.job("collector", peer_source="sip"))  # migrates, warms up
             log(f"{n:>7} chan_sip phones: floor, collector cold, steady, legacy")
@@ -138,7 +156,6 @@ def bench_chan_sip(
             )
             if legacy_runs:
                 out["legacy"] = bench.repeat(legacy_runs, bench.cold_reset, bench.job("legacy"))
-        bench.root.close()
     return out
 
 
@@ -147,14 +164,7 @@ def bench_pjsip(
 ) -> dict[str, Any]:
     """``n`` static PJSIP endpoints with one registered phone each on Asterisk 22."""
     out: dict[str, Any] = {"peers": n, "asterisk": "22", "driver": "PJSIP"}
-    with (
-        tempfile.TemporaryDirectory(prefix="mor-bench-real-") as tmp,
-        benchdb.bench_database() as d,
-    ):
-        bench = _Run(d, Ports(), Path(tmp), qualify_every)
-        benchdb.add_servers(bench.root, [1, 2])
-        benchdb.add_devices(bench.root, n, 1)
-        names = [str(100000 + i) for i in range(n)]
+    with _bench_run(n, qualify_every) as (bench, names):
         endpoints = [
             PjsipEndpoint(name, "s", qualify_frequency=qualify_every, qualify_timeout=1.0)
             for name in names
@@ -167,16 +177,13 @@ def bench_pjsip(
             PhoneBank(bench.ports.pjsip, _phones(names, n), seed=n) as phones,
         ):
             log(f"{n:>7} PJSIP phones: registering to Asterisk 22")
-            started = time.monotonic()
-            phones.register(timeout=60 + n / 100)
-            out["register_s"] = round(time.monotonic() - started, 2)
+            out["register_s"] = _register(phones, n)
             _wait(lambda: _contacts_reachable(ast, n), 60 + n / 100, f"{n} contacts qualified")
             job = bench.job("collector", peer_source="auto")
             run_child(job)  # migrates, warms up
             log(f"{n:>7} PJSIP phones: collector cold, steady")
             out["pjsip_cold"] = bench.repeat(runs, bench.cold_reset, job)
             out["pjsip_steady"] = bench.repeat(runs, bench.qualify_round, job)
-        bench.root.close()
     return out
 
 
