@@ -7,18 +7,15 @@ the collector and the widget a SQLAlchemy URL over TCP, as production does.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import pymysql
 
-ROOT = Path(__file__).resolve().parent.parent
-MOR_DDL = ROOT / "tests" / "mor_x5_tables.sql"
-SOCKET = "/run/mysqld/mysqld.sock"
+from testbed import mariadb
+
 #: The project's own tables, emptied before every cold run.
 OWN_TABLES = (
     "mor_regstatus_devices",
@@ -29,15 +26,8 @@ OWN_TABLES = (
 
 
 def root_connection(database: Optional[str] = None) -> pymysql.connections.Connection:
-    return pymysql.connect(
-        unix_socket=SOCKET,
-        user="root",
-        database=database,
-        autocommit=True,
-        connect_timeout=5,
-        read_timeout=300,
-        write_timeout=300,
-    )
+    # a 100k set-up or reset statement may take minutes
+    return mariadb.root_connection(database, timeout=300)
 
 
 @dataclass(frozen=True)
@@ -65,32 +55,14 @@ class BenchDatabase:
         }
 
 
-def create_tables(cur: Any) -> None:
-    for statement in MOR_DDL.read_text().split(";\n"):
-        if statement.strip() and "CREATE TABLE" in statement:
-            cur.execute(statement)
-
-
 @contextmanager
 def bench_database() -> Iterator[BenchDatabase]:
     """A fresh MOR database and a password user limited to it; both dropped afterwards."""
-    suffix = secrets.token_hex(4)
-    db = BenchDatabase(f"mor_bench_{suffix}", f"mor_bench_{suffix}", secrets.token_hex(8))
     root = root_connection()
     try:
-        with root.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{db.name}` CHARACTER SET utf8")
-            for host in ("localhost", "127.0.0.1"):
-                cur.execute(f"CREATE USER '{db.user}'@'{host}' IDENTIFIED BY '{db.password}'")
-                cur.execute(f"GRANT ALL ON `{db.name}`.* TO '{db.user}'@'{host}'")
-            cur.execute(f"USE `{db.name}`")
-            create_tables(cur)
-        yield db
+        with mariadb.scratch_mor_database(root, "mor_bench") as login:
+            yield BenchDatabase(*login)
     finally:
-        with root.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{db.name}`")
-            for host in ("localhost", "127.0.0.1"):
-                cur.execute(f"DROP USER IF EXISTS '{db.user}'@'{host}'")
         root.close()
 
 

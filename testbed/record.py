@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from testbed import mariadb
 from testbed.asterisk import (
     RELEASES,
     AmiUser,
@@ -50,8 +51,6 @@ from testbed.asterisk import (
 from testbed.phones import NEVER, Phone, PhoneBank
 
 ROOT = Path(__file__).resolve().parents[1]
-MOR_DDL = ROOT / "tests" / "mor_x5_tables.sql"
-MARIADB_SOCKET = "/run/mysqld/mysqld.sock"
 
 #: what a masked secret reads in a transcript
 MASK = "<masked>"
@@ -232,37 +231,23 @@ def mor_database() -> Iterator[RealtimeDb]:
     """A throw-away MariaDB database with MOR's tables and a user of its own (dropped after)."""
     import pymysql  # type: ignore[import-untyped,unused-ignore]
 
-    suffix = secrets.token_hex(4)
-    name = user = f"mor_record_{suffix}"
-    password = secrets.token_hex(8)
     try:
-        root = pymysql.connect(unix_socket=MARIADB_SOCKET, user="root", autocommit=True)
+        root = mariadb.root_connection()
     except pymysql.err.OperationalError as err:
-        raise TestbedError(f"MariaDB is not reachable on {MARIADB_SOCKET}: {err}") from err
+        raise TestbedError(f"MariaDB is not reachable on {mariadb.SOCKET}: {err}") from err
     try:
-        with root.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8")
-            for host in ("localhost", "127.0.0.1"):
-                cur.execute(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY '{password}'")
-                cur.execute(f"GRANT ALL ON `{name}`.* TO '{user}'@'{host}'")
-            cur.execute(f"USE `{name}`")
-            for statement in MOR_DDL.read_text().split(";\n"):
-                if statement.strip() and "CREATE TABLE" in statement:
-                    cur.execute(statement)
-            devices = [(n, q) for n, q, _, _ in SIP_PHONES] + [SIP_EVENT_PHONE]
-            for device_id, (device, qualify) in enumerate(devices, start=1):
-                cur.execute(
-                    "INSERT INTO devices (id, name, server_id, device_type, user_id, secret, "
-                    "context, extension, username, qualify) "
-                    "VALUES (%s, %s, 1, 'SIP', 2, %s, 'mor', %s, %s, %s)",
-                    (device_id, device, f"pw{device}", device, device, qualify),
-                )
-        yield RealtimeDb(name, user, password)
+        with mariadb.scratch_mor_database(root, "mor_record") as login:
+            with root.cursor() as cur:
+                devices = [(n, q) for n, q, _, _ in SIP_PHONES] + [SIP_EVENT_PHONE]
+                for device_id, (device, qualify) in enumerate(devices, start=1):
+                    cur.execute(
+                        "INSERT INTO devices (id, name, server_id, device_type, user_id, "
+                        "secret, context, extension, username, qualify) "
+                        "VALUES (%s, %s, 1, 'SIP', 2, %s, 'mor', %s, %s, %s)",
+                        (device_id, device, f"pw{device}", device, device, qualify),
+                    )
+            yield RealtimeDb(*login)
     finally:
-        with root.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-            for host in ("localhost", "127.0.0.1"):
-                cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
         root.close()
 
 

@@ -8,7 +8,6 @@ password limited to it, dropped afterwards.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -24,28 +23,15 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from mor_plugin import schema
+from testbed.mariadb import root_connection, scratch_mor_database
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-MOR_DDL = (TESTS / "mor_x5_tables.sql").read_text()
-SOCKET = "/run/mysqld/mysqld.sock"
-
-
-def _root_connection(database: Optional[str] = None) -> pymysql.connections.Connection:
-    return pymysql.connect(
-        unix_socket=SOCKET,
-        user="root",
-        database=database,
-        autocommit=True,
-        connect_timeout=5,
-        read_timeout=60,
-        write_timeout=60,
-    )
 
 
 def _ensure_mariadb_running() -> None:
     try:
-        _root_connection().close()
+        root_connection().close()
         return
     except pymysql.err.OperationalError:
         pass
@@ -68,7 +54,7 @@ def _ensure_mariadb_running() -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            _root_connection().close()
+            root_connection().close()
             return
         except pymysql.err.OperationalError:
             time.sleep(0.3)
@@ -156,28 +142,14 @@ class MorDatabase:
 @contextmanager
 def mor_database(prefix: str = "mor_t") -> Iterator[MorDatabase]:
     """A fresh MOR database on the real MariaDB with a password user of its own; dropped after."""
-    suffix = secrets.token_hex(4)
-    name, user, password = f"{prefix}_{suffix}", f"{prefix}_{suffix}", secrets.token_hex(8)
-    root = _root_connection()
+    root = root_connection()
     try:
-        with root.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8")
-            for host in ("localhost", "127.0.0.1"):
-                cur.execute(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY '{password}'")
-                cur.execute(f"GRANT ALL ON `{name}`.* TO '{user}'@'{host}'")
-            cur.execute(f"USE `{name}`")
-            for statement in MOR_DDL.split(";\n"):
-                if statement.strip() and "CREATE TABLE" in statement:
-                    cur.execute(statement)
-        url = f"mysql+pymysql://{user}:{password}@127.0.0.1:3306/{name}?charset=utf8mb4"
-        engine = create_engine(url, pool_pre_ping=True)
-        yield MorDatabase(name=name, user=user, password=password, url=url, engine=engine)
-        engine.dispose()
+        with scratch_mor_database(root, prefix) as (name, user, password):
+            url = f"mysql+pymysql://{user}:{password}@127.0.0.1:3306/{name}?charset=utf8mb4"
+            engine = create_engine(url, pool_pre_ping=True)
+            yield MorDatabase(name=name, user=user, password=password, url=url, engine=engine)
+            engine.dispose()
     finally:
-        with root.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-            for host in ("localhost", "127.0.0.1"):
-                cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
         root.close()
 
 

@@ -27,12 +27,13 @@ from typing import Any, Callable
 
 import pymysql
 import pytest
-from conftest import SOCKET, MorDatabase, mor_database
+from conftest import MorDatabase, mor_database
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 from test_widget import SECRET, fill_world, make_app, signed
 
+from testbed.mariadb import SOCKET
 from widget import ConfigError, dbtime
 
 pytestmark = pytest.mark.mariadb
