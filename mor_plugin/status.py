@@ -46,18 +46,25 @@ _ADDRESS = re.compile(r"[0-9A-Za-z.:_-]{1,45}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def ascii_int(text: str, low: int, high: int) -> Optional[int]:
-    """``text`` as an int when it is plain ASCII digits within ``low..high``, else None.
+def plain_digits(text: str, max_digits: int = 10) -> Optional[int]:
+    """``text`` as an int when it is 1 to ``max_digits`` ASCII digits ``0-9`` and nothing
+    else (ten: any id of MOR's 32-bit columns), else None.
 
-    Every number that Asterisk (or a peer) sends goes through here: ``str.isdigit``
-    accepts ``"²"``, which ``int()`` then refuses, and a 20-digit port would not fit
-    any column.
+    ``int()`` also takes ``" 12"``, ``"+12"``, ``"1_2"`` and other scripts' digits
+    (``"١٢"``), ``str.isdigit`` takes ``"²"`` (which ``int()`` then refuses), and a
+    regular expression ending in ``$`` also matches before a final newline.
     """
-    text = text.strip()
-    if not 0 < len(text) <= 19 or not text.isascii() or not text.isdigit():
-        return None
-    value = int(text)
-    return value if low <= value <= high else None
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def ascii_int(text: str, low: int, high: int) -> Optional[int]:
+    """``text`` (spaces around it aside) as an int when it is plain ASCII digits within
+    ``low..high``, else None. Every number that Asterisk (or a peer) sends goes through
+    here: a 20-digit port would not fit any column."""
+    value = plain_digits(text.strip(), 19)
+    return value if value is not None and low <= value <= high else None
 
 
 def clean_text(text: str) -> str:

@@ -32,9 +32,9 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import make_server
 
 from mor_plugin import schema
+from mor_plugin.status import plain_digits
 
 from . import create_app
-from .digits import whole_number
 from .signing import sign_url
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def create_mor_app(db_url: str, widget_base: str, secret: Optional[str]) -> Flas
         return list(rows), max(1, -(-int(total) // PAGE_SIZE))
 
     def page_number() -> int:
-        number = whole_number(request.args.get("page", "1"))
+        number = plain_digits(request.args.get("page", "1"))
         return max(0, number - 1) if number is not None else 0
 
     @app.context_processor

@@ -16,7 +16,7 @@ import re
 import time
 from typing import Optional
 
-from .digits import whole_number
+from mor_plugin.status import plain_digits
 
 SIG_PARAM = "&sig="
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -73,5 +73,5 @@ def _expiry(signed_query: str) -> Optional[int]:
     for pair in signed_query.split("&"):
         name, _, value = pair.partition("=")
         if name == "exp":
-            return whole_number(value, EXP_DIGITS)
+            return plain_digits(value, EXP_DIGITS)
     return None

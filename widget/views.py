@@ -11,7 +11,7 @@ from flask import Blueprint, Response, abort, current_app, g, jsonify, render_te
 from markupsafe import Markup
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mor_plugin.status import KINDS
+from mor_plugin.status import KINDS, plain_digits
 
 from . import bullets, charts, metrics, signing
 from .cache import cached
@@ -25,7 +25,6 @@ from .db import (
     is_stale,
     utcnow,
 )
-from .digits import whole_number
 from .timefmt import duration, iso
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ def get_db() -> Database:
 def parse_id(raw: str, what: str = "device id") -> int:
     """An id from the URL: plain ASCII digits, else 400 (Flask's ``int`` converter would
     answer 404)."""
-    value = whole_number(raw)
+    value = plain_digits(raw)
     if value is None or value > MAX_ID:
         abort(400, f"the {what} must be a whole number, not {raw[:40]!r}")
     return value
@@ -239,7 +238,7 @@ def parse_positive(name: str, default: int, highest: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    value = whole_number(raw)
+    value = plain_digits(raw)
     if value is None or not 1 <= value <= highest:
         abort(400, f"{name} must be a whole number from 1 to {highest}, not {raw[:40]!r}")
     return value
