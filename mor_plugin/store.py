@@ -82,15 +82,16 @@ def describe_db_error(err: BaseException) -> str:
     """One line for a database failure, without the SQL or the parameters."""
     orig = getattr(err, "orig", None) or err
     args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
-    if len(args) >= 2 and isinstance(args[0], int) and args[0] in _LOST_CONNECTION:
-        text = f"connection to the database lost{_during(err)} (MySQL error {args[0]})"
-    elif len(args) >= 2 and isinstance(args[0], int) and args[0] > 0:
-        text = f"MySQL error {args[0]}: {args[1]}"
-    elif len(args) >= 2 and isinstance(args[0], int):
+    code = args[0] if len(args) >= 2 and isinstance(args[0], int) else None
+    if code is None:
+        text = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+    elif code in _LOST_CONNECTION:
+        text = f"connection to the database lost{_during(err)} (MySQL error {code})"
+    elif code <= 0:
         # PyMySQL's error 0: the socket was already closed, or a reply cut short
         text = f"connection to the database lost{_during(err)}: {args[1] or 'no reply'}"
     else:
-        text = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+        text = f"MySQL error {code}: {args[1]}"
     return " ".join(text.split())
 
 
