@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need from the operating system:
-# MariaDB (server running, root over the socket), Debian's chromium, and debootstrap
-# for the real-Asterisk chroots (built by 'make asterisk').
+# MariaDB (server running, root over the socket), Debian's chromium, debootstrap
+# for the real-Asterisk chroots (built by 'make asterisk'), and systemd-nspawn and ssh
+# for the Debian 12 hosts the Ansible tests boot (testbed/hosts.py).
 # As root it installs what is missing; otherwise it names what is missing and fails.
 set -euo pipefail
 
@@ -12,6 +13,9 @@ command -v mariadb >/dev/null 2>&1 || command -v mysql >/dev/null 2>&1 || need_p
 # the real-Asterisk tier: Debian's Asterisk debootstrapped into a cached chroot
 [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
 command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
+# the Ansible tier: Debian 12 hosts booted with systemd-nspawn, reached over ssh
+command -v systemd-nspawn >/dev/null 2>&1 || need_pkgs+=(systemd-container)
+{ command -v ssh && command -v ssh-keygen; } >/dev/null 2>&1 || need_pkgs+=(openssh-client)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
