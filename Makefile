@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PORT   ?= 8080
 
-.PHONY: demo test lint typecheck pytest system-deps asterisk venv bench bench-quick clean
+.PHONY: demo test lint typecheck pytest system-deps asterisk venv bench bench-quick lock clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: system-deps venv lint typecheck pytest
 
 demo: venv
 	$(PY) -m widget.demo --port $(PORT)
+
+# requirements/*.lock: the pinned, hashed dependencies the Ansible roles install
+# offline (regenerate after a change of pyproject.toml's dependencies).
+lock: venv
+	scripts/lock.sh
 
 bench: venv system-deps asterisk
 	$(PY) -m bench

@@ -9,6 +9,7 @@ left put it back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -213,24 +214,9 @@ def wait_for_http(url: str, timeout: float = 20) -> tuple[int, str]:
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project and its dependencies as wheels, once per session (installs need no index)."""
-    path = tmp_path_factory.mktemp("wheelhouse")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--wheel-dir",
-            str(path),
-            f"{REPO}[widget]",
-        ],
-        check=True,
-        timeout=600,
-    )
-    return path
+    """The controller's wheelhouse folder for the session: the first play builds it, the
+    others find it complete (as a controller does between runs)."""
+    return tmp_path_factory.mktemp("wheelhouse")
 
 
 @pytest.fixture(scope="module")
@@ -260,15 +246,10 @@ def ansible(tmp_path_factory: pytest.TempPathFactory) -> Ansible:
     return Ansible(tmp_path_factory.mktemp("ansible"))
 
 
-def project_wheel(wheelhouse: Path) -> str:
-    return str(next(wheelhouse.glob("mor_regstatus-*.whl")))
-
-
 def collector_vars(root: Path, wheelhouse: Path, **more: Any) -> dict[str, Any]:
-    """Deps from the wheelhouse; the project's wheel is built by the role unless more says."""
     return {
         "mor_install_root": str(root),
-        "mor_retrieve_peers_pip_extra_args": f"--no-index --find-links {wheelhouse}",
+        "mor_regstatus_wheelhouse_dir": str(wheelhouse),
         "mor_retrieve_peers_manage_service": False,  # no systemd here
         **more,
     }
@@ -277,7 +258,7 @@ def collector_vars(root: Path, wheelhouse: Path, **more: Any) -> dict[str, Any]:
 def widget_vars(root: Path, wheelhouse: Path, db_url: str, **more: Any) -> dict[str, Any]:
     return {
         "mor_install_root": str(root),
-        "mor_status_widget_pip_extra_args": f"--no-index --find-links {wheelhouse}",
+        "mor_regstatus_wheelhouse_dir": str(wheelhouse),
         "mor_status_widget_db_url": db_url,
         "mor_status_widget_manage_service": False,
         "mor_status_widget_healthcheck": False,
@@ -305,20 +286,10 @@ def collector(
     fleet_db: MorDatabase,
     sim: AmiSimulator,
 ) -> Installed:
-    """collector.yml run twice on a MOR server's files, with the event listener's unit.
-
-    Both runs install the session's wheel, so that an edit of the checkout between the
-    two runs (while developers work) cannot make the second run change; the role's own
-    build from the checkout is exercised by the check-mode and uninstall tests.
-    """
+    """collector.yml run twice on a MOR server's files, with the event listener's unit."""
     root = tmp_path_factory.mktemp("collector") / "root"
     mor_files = seed_mor_server(root, fleet_db.url, sim.port)
-    extra = collector_vars(
-        root,
-        wheelhouse,
-        mor_retrieve_peers_wheel_file=project_wheel(wheelhouse),
-        mor_retrieve_peers_watch=True,
-    )
+    extra = collector_vars(root, wheelhouse, mor_retrieve_peers_watch=True)
     first = ansible.playbook("collector.yml", extra)
     assert first.rc == 0, first.out[-4000:]
     second = ansible.playbook("collector.yml", extra)
@@ -381,7 +352,12 @@ def test_argument_specs_document_every_default(role: str) -> None:
         assert options[name].get("default") == value, name
     undocumented_private = [name for name in options if name.startswith("_")]
     assert not undocumented_private
-    assert set(specs) == {"main", "uninstall"}
+    # the shared role's settings are documented, with its defaults, by both roles
+    shared = yaml.safe_load((REPO / "roles/mor_regstatus/defaults/main.yml").read_text())
+    for name, value in shared.items():
+        assert options[name].get("default") == value, name
+    entry_points = {"main", "uninstall"} | ({"rollback"} if role == "mor_retrieve_peers" else set())
+    assert set(specs) == entry_points
 
 
 # --------------------------------------------------------------------------- bad input
@@ -391,7 +367,7 @@ def test_argument_specs_document_every_default(role: str) -> None:
     ("playbook", "variable", "value", "message"),
     [
         ("collector.yml", "mor_retrieve_peers_logrotate", "sometimes", "unable to convert to bool"),
-        ("collector.yml", "mor_retrieve_peers_package_source", "ftp", "must be one of"),
+        ("collector.yml", "mor_retrieve_peers_health_max_age", "soon", "unable to convert to int"),
         (
             "collector.yml",
             "mor_retrieve_peers_logrotate_rotate",
@@ -661,8 +637,9 @@ def test_the_fact_prints_json_when_the_state_file_is_broken(collected: Installed
 def test_check_playbook_passes_after_a_good_run(collected: Installed, ansible: Ansible) -> None:
     result = ansible.playbook("check.yml", {"mor_install_root": str(collected.root)})
     assert result.rc == 0, result.out[-3000:]
+    lock = hashlib.sha256((REPO / "requirements/collector.lock").read_bytes()).hexdigest()
     assert re.search(
-        r"localhost: OK \| server_id 1 \| v0\.1\.0 \| cron '\* \* \* \* \*' \| "
+        rf"localhost: OK \| server_id 1 \| v0\.1\.0 lock {lock[:12]} \| cron '\* \* \* \* \*' \| "
         r"last run \S+ \(\d+ s ago\): ok \| 3 peers: .*ok=1 .*\| debug off",
         result.out,
     ), result.out
@@ -771,7 +748,6 @@ def widget(
         wheelhouse,
         fleet_db.url,
         mor_status_widget_port=free_port(),
-        mor_status_widget_wheel_file=project_wheel(wheelhouse),
         mor_status_widget_metrics_allow=["127.0.0.1", "::1", "10.0.0.0/24"],
         mor_status_widget_cache_seconds=0.5,
     )
@@ -817,7 +793,10 @@ def test_widget_unit_is_hardened_and_listens_on_loopback(widget: Installed) -> N
 
 def test_web_server_snippets_proxy_the_prefix(widget: Installed) -> None:
     port = widget.vars["mor_status_widget_port"]
-    apache = (widget.root / "etc/httpd/conf.d/mor-status-widget.conf").read_text()
+    # the controller is Debian: Debian's paths, the snippet enabled as a2enconf does
+    apache = (widget.root / "etc/apache2/conf-available/mor-status-widget.conf").read_text()
+    link = widget.root / "etc/apache2/conf-enabled/mor-status-widget.conf"
+    assert os.readlink(link) == "../conf-available/mor-status-widget.conf"
     assert '<Location "/mor-status/">' in apache
     assert f'ProxyPass "http://127.0.0.1:{port}/"' in apache
     assert 'RequestHeader set X-Forwarded-Prefix "/mor-status"' in apache

@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # Python < 3.11
 pytestmark = pytest.mark.ansible
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "roles" / "mor_regstatus_common" / "files" / "wheelhouse.py"
+SCRIPT = REPO / "roles" / "mor_regstatus" / "files" / "wheelhouse.py"
 LOCKS = {name: REPO / "requirements" / f"{name}.lock" for name in ("collector", "widget")}
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 ARCH = platform.machine()
