@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PORT   ?= 8080
 
-.PHONY: demo test lint typecheck pytest system-deps asterisk venv bench bench-quick lock clean
+.PHONY: demo test lint typecheck pytest system-deps asterisk hosts venv bench bench-quick lock clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ system-deps:
 asterisk: system-deps
 	$(PYTHON) -m testbed.asterisk build 16 22
 
+# Debian 12 systemd hosts (a bare MOR Asterisk server, a GUI host with Apache and nginx)
+# for the Ansible tests over SSH, built once into $$MOR_TEST_CACHE and booted with nspawn.
+hosts: system-deps
+	$(PYTHON) -m testbed.hosts build collector gui
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check mor_plugin widget tests bench testbed
@@ -29,7 +34,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-pytest: venv system-deps asterisk
+pytest: venv system-deps asterisk hosts
 	$(VENV)/bin/pytest
 
 test: system-deps venv lint typecheck pytest

@@ -9,19 +9,16 @@ left put it back.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import re
-import secrets
 import shlex
-import socket
-import stat
+import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -30,184 +27,34 @@ from typing import Any, Optional
 
 import pytest
 import yaml
+from ansible_runner import (
+    BIN,
+    LEGACY_COLLECTOR,
+    MOR_CRON,
+    REPO,
+    Ansible,
+    Run,
+    free_port,
+    read_env_file,
+    seed_mor_server,
+    tree,
+    wait_for_http,
+)
 from conftest import MorDatabase, mor_database
 
 from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
 
 pytestmark = pytest.mark.ansible
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-PLAYBOOKS = ["site.yml", "collector.yml", "widget.yml", "check.yml", "uninstall.yml"]
+PLAYBOOKS = [
+    "site.yml",
+    "collector.yml",
+    "widget.yml",
+    "check.yml",
+    "uninstall.yml",
+    "rollback.yml",
+]
 ROLES = ["mor_retrieve_peers", "mor_status_widget"]
-
-# What a MOR Asterisk server already has before the install.
-MOR_CRON = (
-    "# MOR minute actions\n"
-    "*/10 * * * * root /usr/local/mor/mor_retrieve_peers\n"
-    "* * * * * root /usr/local/mor/mor_minute_actions.sh >/dev/null 2>&1\n"
-)
-LEGACY_COLLECTOR = b"\x7fELF legacy mor_retrieve_peers v1.9\n"
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-@dataclass
-class Run:
-    rc: int
-    out: str
-
-    @property
-    def changed(self) -> int:
-        counts = re.findall(r"changed=(\d+)", self.out)
-        assert counts, self.out[-3000:]
-        return sum(int(c) for c in counts)
-
-    @property
-    def changed_tasks(self) -> list[str]:
-        """The names of the tasks that reported a change, to say why a rerun was not idempotent."""
-        names = []
-        for block in self.out.split("\nTASK [")[1:]:
-            if re.search(r"^changed: ", block, re.M):
-                names.append(block.split("]", 1)[0])
-        return names
-
-
-class Ansible:
-    """ansible-playbook and ansible from this venv, with every temp folder under ``base``."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        base.mkdir(parents=True, exist_ok=True)
-        self.inventory = base / "inventory"
-        self.inventory.write_text(
-            "[mor_asterisk]\nlocalhost\n[mor_gui]\nlocalhost\n"
-            f"[all:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n"
-            "ansible_become=false\n"
-        )
-        self.env = dict(os.environ)
-        self.env.update(
-            ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-            ANSIBLE_HOME=str(base / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(base / "local-tmp"),
-            ANSIBLE_REMOTE_TEMP=str(base / "remote-tmp"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_FORCE_COLOR="0",
-            PIP_DISABLE_PIP_VERSION_CHECK="1",
-            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        )
-
-    def playbook(self, name: str, extra: dict[str, Any], *args: str, timeout: int = 300) -> Run:
-        vars_file = self.base / f"vars-{secrets.token_hex(4)}.json"
-        vars_file.write_text(json.dumps(extra))
-        return self._run(
-            [
-                str(BIN / "ansible-playbook"),
-                "-i",
-                str(self.inventory),
-                str(REPO / "playbooks" / name),
-                "-e",
-                f"@{vars_file}",
-                *args,
-            ],
-            timeout,
-        )
-
-    def adhoc(self, module: str, args: str) -> Run:
-        return self._run(
-            [
-                str(BIN / "ansible"),
-                "localhost",
-                "-i",
-                str(self.inventory),
-                "-m",
-                module,
-                "-a",
-                args,
-            ],
-            120,
-        )
-
-    def _run(self, argv: list[str], timeout: int) -> Run:
-        done = subprocess.run(
-            argv,
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        return Run(done.returncode, done.stdout + done.stderr)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def seed_mor_server(root: Path, db_url: str, ami_port: int) -> dict[str, bytes]:
-    """MOR's own files on an Asterisk server: mor.conf, the cron file, the legacy collector."""
-    mor_conf = (
-        "# MOR configuration\n"
-        "host = localhost\ndb = mor\nuser = mor\nsecret = mor\nport = 3306\n"
-        "server_id = 1\n"
-        "DEBUG = 0\n"
-        f"db_url = {db_url}\n"
-        f"ami_host = 127.0.0.1\nami_port = {ami_port}\nami_username = mor\nami_secret = s3cret\n"
-        f"manager_conf = {root}/etc/asterisk/manager.conf\n"
-        "ami_connect_timeout = 2\nami_timeout = 5\n"
-    )
-    files = {
-        "var/lib/asterisk/agi-bin/mor.conf": mor_conf.encode(),
-        "etc/cron.d/mor_minute_actions": MOR_CRON.encode(),
-        "usr/local/mor/mor_retrieve_peers": LEGACY_COLLECTOR,
-    }
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    (root / "usr/local/mor/mor_retrieve_peers").chmod(0o755)
-    return files
-
-
-def tree(root: Path) -> dict[str, Any]:
-    """Every path under root with its mode and, for files, its bytes."""
-    out: dict[str, Any] = {}
-    for path in sorted(root.rglob("*")):
-        info = path.lstat()
-        content = path.read_bytes() if stat.S_ISREG(info.st_mode) else None
-        out[str(path.relative_to(root))] = (stat.filemode(info.st_mode), content)
-    return out
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """The env file as systemd reads it (our writer double-quotes and escapes \\ " $ `)."""
-    values = {}
-    for line in path.read_text().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.partition("=")
-        assert value.startswith('"') and value.endswith('"'), line
-        values[key] = re.sub(r"\\(.)", r"\1", value[1:-1])
-    return values
-
-
-def wait_for_http(url: str, timeout: float = 20) -> tuple[int, str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -427,6 +274,78 @@ def test_the_widget_without_a_database_url_is_refused_naming_it(
     assert result.rc != 0
     assert "missing required arguments: mor_status_widget_db_url" in result.out
     assert not (tmp_path / "root").exists()
+
+
+# --------------------------------------------------------------------------- platforms
+
+
+def facts(
+    family: str, distribution: str, version: str, service_mgr: str = "systemd"
+) -> dict[str, str]:
+    """The facts the role branches on, as setup reports them on that platform."""
+    return {
+        "os_family": family,
+        "distribution": distribution,
+        "distribution_version": version,
+        "distribution_major_version": version.split(".")[0],
+        "service_mgr": service_mgr,
+        "architecture": "x86_64",
+    }
+
+
+@pytest.mark.parametrize(
+    ("platform", "python", "expected"),
+    [
+        (facts("Debian", "Debian", "12.11"), "", ("python3", ["python3-venv"])),
+        (facts("Debian", "Ubuntu", "24.04"), "", ("python3", ["python3-venv"])),
+        (facts("Debian", "Debian", "12.11"), "python3.11", ("python3.11", ["python3.11-venv"])),
+        (facts("RedHat", "Rocky", "8.10"), "", ("python3.9", ["python39", "python39-pip"])),
+        (
+            facts("RedHat", "AlmaLinux", "8.10"),
+            "python3.11",
+            ("python3.11", ["python3.11", "python3.11-pip"]),
+        ),
+        (facts("RedHat", "RedHat", "9.6"), "", ("python3", ["python3", "python3-pip"])),
+        (
+            facts("RedHat", "CentOS", "7.9"),
+            "",
+            "supported are Debian 11+, Ubuntu 20.04+ and EL 8/9",
+        ),
+        (facts("Alpine", "Alpine", "3.20", "openrc"), "", "supported are Debian 11+"),
+        (facts("Debian", "Debian", "12.11", "sysvinit"), "", "is managed by sysvinit, not systemd"),
+    ],
+    ids=[
+        "debian12",
+        "ubuntu24",
+        "debian-py311",
+        "el8",
+        "el8-py311",
+        "el9",
+        "el7",
+        "alpine",
+        "sysv",
+    ],
+)
+def test_each_platform_gets_its_interpreter_and_packages_or_a_clear_refusal(
+    ansible: Ansible, platform: dict[str, str], python: str, expected: Any
+) -> None:
+    """EL cannot be booted here: the role's own platform check runs on EL's facts."""
+    result = ansible.playbook(
+        REPO / "tests/data/ansible/platform_needs.yml",
+        {"platform_facts": platform, "python": python},
+    )
+    if isinstance(expected, str):
+        assert result.rc != 0
+        assert expected in result.out, result.out[-2000:]
+        return
+    assert result.rc == 0, result.out[-3000:]
+    chosen = re.search(r'"NEEDS (\{.*\})"', result.out)
+    assert chosen, result.out[-2000:]
+    interpreter, packages = expected
+    assert json.loads(chosen.group(1).replace('\\"', '"')) == {
+        "python": interpreter,
+        "packages": packages,
+    }
 
 
 # --------------------------------------------------------------------------- check mode
@@ -663,6 +582,50 @@ def test_check_playbook_fails_a_server_whose_last_run_is_stale(
     )
 
 
+@pytest.mark.parametrize(
+    ("state", "problems"),
+    [
+        ("{not json", ["never ran", "the fact could not read: "]),
+        (
+            '{"last_run": "yesterday", "last_result": "ok"}',
+            ['age of the last run unknown (last_run "yesterday")', "the fact could not read: "],
+        ),
+    ],
+    ids=["unreadable", "unknown-age"],
+)
+def test_check_playbook_fails_a_fact_it_cannot_trust(
+    collected: Installed, ansible: Ansible, state: str, problems: list[str]
+) -> None:
+    state_file = collected.root / "var/lib/mor-regstatus/state.json"
+    saved = state_file.read_bytes()
+    try:
+        state_file.write_text(state)
+        result = ansible.playbook("check.yml", {"mor_install_root": str(collected.root)})
+    finally:
+        state_file.write_bytes(saved)
+    assert result.rc != 0
+    assert "localhost: FAIL" in result.out
+    assert "None s ago" not in result.out
+    for problem in problems:
+        assert problem in result.out, result.out[-3000:]
+
+
+def test_no_secret_of_mor_conf_reaches_the_output_even_verbose(
+    tmp_path: Path, ansible: Ansible, wheelhouse: Path
+) -> None:
+    root = tmp_path / "root"
+    files = seed_mor_server(root, "mysql+pymysql://mor:Db-pa55word@127.0.0.1/mor", 9)
+    extra = collector_vars(root, wheelhouse, mor_retrieve_peers_debug=True)
+    result = ansible.playbook(
+        "collector.yml", extra, "--tags", "mor_retrieve_peers_configure", "-vvv", "--diff"
+    )
+    assert result.rc == 0, result.out[-3000:]
+    assert "DEBUG = 1" in (root / "var/lib/asterisk/agi-bin/mor.conf").read_text()
+    encoded = base64.b64encode(files["var/lib/asterisk/agi-bin/mor.conf"]).decode()
+    for secret in ("Db-pa55word", "s3cret", encoded[:40]):
+        assert secret not in result.out
+
+
 def test_check_playbook_fails_a_server_without_the_collector(
     tmp_path: Path, ansible: Ansible
 ) -> None:
@@ -730,6 +693,135 @@ def test_uninstall_gives_mor_back_its_own_files(
     assert (root / "usr/local/mor/mor_retrieve_peers").stat().st_mode & 0o777 == 0o755
     leftovers = [str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()]
     assert sorted(leftovers) == sorted(files)
+
+
+# ------------------------------------------------------------------- MOR's files are never lost
+
+LAUNCHER = "usr/local/mor/mor_retrieve_peers"
+CRON = "etc/cron.d/mor_minute_actions"
+MOR_LINE = "*/10 * * * * root /usr/local/mor/mor_retrieve_peers"
+
+
+def seed_mor_variant(root: Path, variant: str) -> dict[str, Optional[bytes]]:
+    """MOR's files in one of the states an Asterisk server is found in (None: absent)."""
+    files: dict[str, Optional[bytes]] = dict(seed_mor_server(root, "sqlite:///nowhere.db", 9))
+    if variant == "no legacy collector":
+        (root / LAUNCHER).unlink()
+        files[LAUNCHER] = None
+    elif variant == "cron file without the line":
+        content = MOR_CRON.replace(MOR_LINE + "\n", "").encode()
+        (root / CRON).write_bytes(content)
+        files[CRON] = content
+    elif variant == "no cron file":
+        (root / CRON).unlink()
+        files[CRON] = None
+    return files
+
+
+def assert_mor_files_as_mor_left_them(root: Path, files: dict[str, Optional[bytes]]) -> None:
+    for rel, content in files.items():
+        path = root / rel
+        if content is None:
+            assert not path.exists(), f"{rel} was created"
+        else:
+            assert path.read_bytes() == content, rel
+    if files.get(LAUNCHER) is not None:
+        assert (root / LAUNCHER).stat().st_mode & 0o777 == 0o755
+
+
+def assert_ours_installed(root: Path) -> None:
+    assert "mor-regstatus launcher" in (root / LAUNCHER).read_text()
+    ours = f"* * * * * root {root}/{LAUNCHER}"
+    lines = (root / CRON).read_text().splitlines()
+    assert lines.count(ours) == 1
+    assert not [line for line in lines if line.endswith("/mor_retrieve_peers") and line != ours]
+
+
+STEPS = {
+    "I": ("collector.yml", "--tags", "mor_retrieve_peers_configure"),
+    "U": ("uninstall.yml",),
+    "R": ("rollback.yml",),
+}
+
+
+VARIANTS = [
+    "legacy collector and its line",
+    "no legacy collector",
+    "cron file without the line",
+    "no cron file",
+]
+
+
+@pytest.mark.parametrize(("sequence", "variants"), [("UIUUIU", VARIANTS), ("IRRIRU", VARIANTS[:1])])
+def test_no_sequence_of_install_uninstall_rollback_loses_mors_files(
+    tmp_path: Path, ansible: Ansible, wheelhouse: Path, sequence: str, variants: list[str]
+) -> None:
+    """After every uninstall or rollback MOR's files are byte for byte as MOR left them,
+    whatever ran before (a second uninstall, one on a server that never had the
+    install), on servers in each state MOR leaves them in: one host per state."""
+    roots = {variant: tmp_path / f"host{n}" for n, variant in enumerate(variants)}
+    files = {variant: seed_mor_variant(root, variant) for variant, root in roots.items()}
+    inventory = tmp_path / "inventory"
+    inventory.write_text(
+        "[mor_asterisk]\n"
+        + "".join(f"host{n} mor_install_root={roots[v]}\n" for n, v in enumerate(variants))
+        + f"[all:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n"
+    )
+    extra = collector_vars(Path("/"), wheelhouse)
+    del extra["mor_install_root"]  # each host's own, from the inventory
+    for number, step in enumerate(sequence, 1):
+        playbook, *args = STEPS[step]
+        result = ansible.playbook(playbook, extra, *args, inventory=inventory)
+        assert result.rc == 0, f"step {number} ({step}): " + result.out[-3000:]
+        for variant, root in roots.items():
+            if step == "I":
+                assert_ours_installed(root)
+            else:
+                assert_mor_files_as_mor_left_them(root, files[variant])
+
+
+def test_uninstall_refuses_to_guess_mors_line_once_its_record_is_gone(
+    tmp_path: Path, ansible: Ansible, wheelhouse: Path
+) -> None:
+    root = tmp_path / "root"
+    seed_mor_server(root, "sqlite:///nowhere.db", 9)
+    extra = collector_vars(root, wheelhouse)
+    installed = ansible.playbook("collector.yml", extra, "--tags", "mor_retrieve_peers_configure")
+    assert installed.rc == 0, installed.out[-3000:]
+    shutil.rmtree(root / "var/lib/mor-regstatus/legacy")
+    before = tree(root)
+    removed = ansible.playbook("uninstall.yml", extra)
+    assert removed.rc != 0
+    assert "has no record of MOR's cron line" in removed.out
+    assert "*/10 * * * * root /usr/local/mor/mor_retrieve_peers" in removed.out
+    assert tree(root) == before  # nothing was changed
+
+
+def test_rollback_keeps_the_venv_the_state_and_the_fact(
+    collected: Installed, ansible: Ansible, fleet_db: MorDatabase
+) -> None:
+    """Back to MOR's collector: MOR's files return; what the install collected stays,
+    and collector.yml switches back (the shared install is left as it was found)."""
+    root = collected.root
+    tables_before = fleet_db.snapshot()  # MOR's and the project's tables, history included
+    assert "mor_regstatus_history" in tables_before
+    rolled = ansible.playbook("rollback.yml", collected.vars)
+    assert rolled.rc == 0, rolled.out[-3000:]
+    try:
+        assert_mor_files_as_mor_left_them(root, dict(collected.mor_files))
+        assert not listener_unit(root).exists()
+        assert (root / "opt/mor-regstatus/venv/bin/mor-retrieve-peers").exists()
+        assert (root / "var/lib/mor-regstatus/state.json").exists()
+        fact = local_fact(ansible, root)
+        assert fact is not None and fact["launcher_ok"] is False
+        check = ansible.playbook("check.yml", {"mor_install_root": str(root)})
+        assert check.rc != 0 and "launcher is not ours (rolled back" in check.out
+        assert fleet_db.snapshot() == tables_before
+    finally:
+        back = ansible.playbook("collector.yml", collected.vars)
+        assert back.rc == 0, back.out[-3000:]
+    assert_ours_installed(root)
+    assert listener_unit(root).exists()
 
 
 # --------------------------------------------------------------------------- the widget
