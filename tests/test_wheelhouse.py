@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,9 @@ PURE = {"py3-none-any", "py2.py3-none-any"}
 # --------------------------------------------------------------------------- helpers
 
 
-def run_wheelhouse(lock: Path, out: Path, *targets: str) -> subprocess.CompletedProcess[str]:
+def run_wheelhouse(
+    lock: Path, out: Path, *targets: str, source: Path = REPO
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -58,7 +61,7 @@ def run_wheelhouse(lock: Path, out: Path, *targets: str) -> subprocess.Completed
             "--lock",
             str(lock),
             "--source",
-            str(REPO),
+            str(source),
             "--out",
             str(out),
             *(f"--target={t}" for t in targets),
@@ -69,8 +72,8 @@ def run_wheelhouse(lock: Path, out: Path, *targets: str) -> subprocess.Completed
     )
 
 
-def build(lock: Path, out: Path, *targets: str) -> dict[str, Any]:
-    done = run_wheelhouse(lock, out, *targets)
+def build(lock: Path, out: Path, *targets: str, source: Path = REPO) -> dict[str, Any]:
+    done = run_wheelhouse(lock, out, *targets, source=source)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.count("\n") == 1, done.stdout
@@ -280,6 +283,36 @@ def test_a_rerun_mends_a_changed_wheel_and_drops_stale_ones(
     summary = build(LOCKS["collector"], out, HERE)
     assert summary["targets"][HERE]["changed"] is True
     assert {p.name: sha256(p) for p in folder.iterdir()} == good
+
+
+def wheel_member(wheel: Path, name: str) -> bytes:
+    with zipfile.ZipFile(wheel) as archive:
+        return archive.read(name)
+
+
+def test_the_project_wheel_follows_every_change_of_the_sources(
+    houses: dict[str, tuple[Path, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The project's wheel is reused while its sources stay the same (a play asks for it on
+    every run), and rebuilt from the changed sources the moment one byte changes."""
+    source, out = tmp_path / "checkout", tmp_path / "house"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info"))
+    shutil.copytree(houses["collector"][0], out)
+    module = "mor_plugin/status.py"
+
+    def project_wheel() -> Path:
+        summary = build(LOCKS["collector"], out, HERE, source=source)
+        return out / HERE / summary["targets"][HERE]["project_wheel"]
+
+    first = project_wheel()
+    assert wheel_member(first, module) == (source / module).read_bytes()
+    cached = sha256(first)
+    assert sha256(project_wheel()) == cached
+    (source / module).write_bytes((source / module).read_bytes() + b"# changed\n")
+    changed = project_wheel()
+    assert wheel_member(changed, module).endswith(b"# changed\n")
+    (source / module).write_bytes((source / module).read_bytes()[: -len(b"# changed\n")])
+    assert sha256(project_wheel()) == cached
 
 
 def test_a_pin_without_a_wheel_for_a_target_is_named(tmp_path: Path) -> None:

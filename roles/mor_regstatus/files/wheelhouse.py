@@ -21,7 +21,8 @@ Python that runs pip (it skips a pin "for python < 3.10" on a 3.11 controller an
 A rerun is cheap and changes nothing that is right already: a wheel whose sha256 the lock lists
 and whose tags fit the target is kept (only missing ones are downloaded: no pip download at
 all when none is), files that are no longer wanted are removed, the project wheel and the lock
-copy are written only when their bytes differ.
+copy are written only when their bytes differ, and the project's wheel is built again only
+when the sources it is made of changed (the last build is kept in DIR/.project-wheel/).
 
 Prints one JSON line: {"version", "lock_sha256", "targets": {target: {"dir", "files",
 "project_wheel", "changed"}}}. Any failure: one line on stderr saying what to fix, exit 1.
@@ -49,6 +50,8 @@ from typing import Any, Optional
 # 1980-01-01, the oldest time a zip file can hold.
 SOURCE_DATE_EPOCH = "315532800"
 LOCK_COPY = "requirements.lock"
+# Inside --out: the last project wheel built, in a folder named after its sources' digest.
+PROJECT_CACHE = ".project-wheel"
 # The oldest glibc with a manylinux tag per arch, and the legacy names of some tags.
 OLDEST_GLIBC_MINOR = {"x86_64": 5, "aarch64": 17}
 LEGACY_TAGS = {5: "manylinux1", 12: "manylinux2010", 17: "manylinux2014"}
@@ -354,6 +357,40 @@ def build_project_wheel(source: Path, work: Path, pip_args: Sequence[str], timeo
     return wheels[0]
 
 
+def source_digest(source: Path, pip_args: Sequence[str]) -> str:
+    """What the project's wheel is made of: every file the build would copy (path, exec bit,
+    bytes; a symlink by its target) and pip's arguments."""
+    digest = hashlib.sha256("\0".join(pip_args).encode())
+    for top, dirs, files in os.walk(source):
+        ignored = SOURCE_IGNORE(top, [*dirs, *files])
+        dirs[:] = sorted(name for name in dirs if name not in ignored)
+        for name in sorted(set(files) - ignored):
+            path = Path(top, name)
+            digest.update(f"\0{path.relative_to(source).as_posix()}\0".encode())
+            if path.is_symlink():
+                digest.update(b"link:" + os.readlink(path).encode())
+            else:
+                digest.update(b"x" if os.access(path, os.X_OK) else b"-")
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def project_wheel_for(
+    source: Path, out: Path, work: Path, pip_args: Sequence[str], timeout: float
+) -> Path:
+    """The project's wheel, built only when the sources changed since the last build into this
+    --out folder (a build takes seconds, and every play asks for it)."""
+    cache = out / PROJECT_CACHE
+    built = cache / source_digest(source, pip_args)
+    wheels = sorted(built.glob("*.whl")) if built.is_dir() else []
+    if len(wheels) == 1:
+        return wheels[0]
+    wheel = build_project_wheel(source, work, pip_args, timeout)
+    shutil.rmtree(cache, ignore_errors=True)  # one build kept: the newest
+    built.mkdir(parents=True)
+    return Path(shutil.copy2(wheel, built / wheel.name))
+
+
 def wheel_version(wheel: Path) -> str:
     with zipfile.ZipFile(wheel) as archive:
         for name in archive.namelist():
@@ -545,7 +582,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError as exc:
             raise Failure(f"cannot create --out {out}: {exc}") from None
         with locked(out), tempfile.TemporaryDirectory(prefix=".work-", dir=out) as work:
-            project_wheel = build_project_wheel(source, Path(work), args.pip_arg, args.timeout)
+            project_wheel = project_wheel_for(source, out, Path(work), args.pip_arg, args.timeout)
             version = wheel_version(project_wheel)
             project = project_wheel.name.split("-", 1)[0]
             if any(pin.name == normalise(project) for pin in lock):
