@@ -34,7 +34,8 @@ LEGACY_COLLECTOR = b"\x7fELF legacy mor_retrieve_peers v1.9\n"
 @dataclass
 class Run:
     rc: int
-    out: str
+    out: str  # stdout, then stderr
+    stdout: str = ""
 
     @property
     def changed(self) -> int:
@@ -124,7 +125,41 @@ class Ansible:
             timeout=timeout,
             check=False,
         )
-        return Run(done.returncode, done.stdout + done.stderr)
+        return Run(done.returncode, done.stdout + done.stderr, done.stdout)
+
+
+def collector_vars(root: Path, wheelhouse: Path, **more: Any) -> dict[str, Any]:
+    """The collector role's variables for an install into the folder ``root``."""
+    return {
+        "mor_install_root": str(root),
+        "mor_regstatus_wheelhouse_dir": str(wheelhouse),
+        "mor_retrieve_peers_manage_service": False,  # no systemd here
+        **more,
+    }
+
+
+def widget_vars(root: Path, wheelhouse: Path, db_url: str, **more: Any) -> dict[str, Any]:
+    """The widget role's variables for an install into the folder ``root``."""
+    return {
+        "mor_install_root": str(root),
+        "mor_regstatus_wheelhouse_dir": str(wheelhouse),
+        "mor_status_widget_db_url": db_url,
+        "mor_status_widget_manage_service": False,
+        "mor_status_widget_healthcheck": False,
+        "mor_status_widget_create_user": False,
+        "mor_status_widget_user": "nobody",
+        "mor_status_widget_web_servers": ["apache", "nginx"],
+        **more,
+    }
+
+
+def local_fact(ansible: Ansible, root: Path) -> Optional[dict[str, Any]]:
+    """The mor_registration_status fact of the install in ``root``, as Ansible reads it."""
+    result = ansible.adhoc("setup", f"fact_path={root}/etc/ansible/facts.d filter=ansible_local")
+    assert result.rc == 0, result.out
+    # stdout alone: Python's warnings on stderr are not part of the answer
+    facts = json.loads(result.stdout.split("=>", 1)[1])["ansible_facts"]
+    return facts.get("ansible_local", {}).get("mor_registration_status")  # type: ignore[no-any-return]
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import pymysql
 import pytest
+from ansible_runner import Ansible
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
@@ -27,6 +28,22 @@ from testbed.mariadb import root_connection, scratch_mor_database
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
+
+
+# The files that take minutes (ansible-playbook runs; the nspawn hosts), slowest first.
+SLOWEST_FILES = ("test_fleet.py", "test_ansible_lifecycle.py", "test_ansible.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest files first: on several workers (make test: pytest -n) files are handed
+    out in this order, so the long ones start at once instead of being left for last and
+    the workers end together. The order within a file stays."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
+
+    items.sort(key=rank)
 
 
 def _ensure_mariadb_running() -> None:
@@ -168,6 +185,19 @@ def sqlite_url(tmp_path: Path) -> str:
     schema.mor_metadata.create_all(engine)
     engine.dispose()
     return url
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Ansible controller's wheelhouse folder for the session: the first play builds it,
+    the others find it complete (as a controller does between runs)."""
+    return tmp_path_factory.mktemp("wheelhouse")
+
+
+@pytest.fixture(scope="module")
+def ansible(tmp_path_factory: pytest.TempPathFactory) -> Ansible:
+    """ansible-playbook from this venv, with its temporary folders of its own."""
+    return Ansible(tmp_path_factory.mktemp("ansible"))
 
 
 @pytest.fixture(scope="session")

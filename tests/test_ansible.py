@@ -1,10 +1,12 @@
 """The Ansible roles and playbooks, run for real with ansible-playbook into a temporary root.
 
 Every run installs into ``mor_install_root`` (a folder under pytest's tmp) over a
-local connection, with pip pointed at a wheelhouse built once per session, so
-nothing outside the folder changes. The collector's install is shared by the
-tests of this module (building a venv costs seconds); tests that change what it
-left put it back.
+local connection, from a wheelhouse built once per session, so nothing outside the
+folder changes. Here: the static checks, refused settings, the platform check on each
+family's facts, and one install of the collector and one of the widget shared by the
+tests of this module (building a venv costs seconds); tests that change what they left
+put it back, and the last one uninstalls both. The collector's life across runs and
+servers is in test_ansible_lifecycle.py; the real hosts over SSH in test_fleet.py.
 """
 
 from __future__ import annotations
@@ -15,15 +17,13 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import yaml
@@ -34,11 +34,14 @@ from ansible_runner import (
     REPO,
     Ansible,
     Run,
+    collector_vars,
     free_port,
+    local_fact,
     read_env_file,
     seed_mor_server,
     tree,
     wait_for_http,
+    widget_vars,
 )
 from conftest import MorDatabase, mor_database
 
@@ -57,13 +60,6 @@ PLAYBOOKS = [
 ROLES = ["mor_retrieve_peers", "mor_status_widget"]
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The controller's wheelhouse folder for the session: the first play builds it, the
-    others find it complete (as a controller does between runs)."""
-    return tmp_path_factory.mktemp("wheelhouse")
 
 
 @pytest.fixture(scope="module")
@@ -86,34 +82,6 @@ def sim() -> Iterator[AmiSimulator]:
     ]
     with run_in_thread(AmiSimulator(peers, version="11", username="mor", secret="s3cret")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def ansible(tmp_path_factory: pytest.TempPathFactory) -> Ansible:
-    return Ansible(tmp_path_factory.mktemp("ansible"))
-
-
-def collector_vars(root: Path, wheelhouse: Path, **more: Any) -> dict[str, Any]:
-    return {
-        "mor_install_root": str(root),
-        "mor_regstatus_wheelhouse_dir": str(wheelhouse),
-        "mor_retrieve_peers_manage_service": False,  # no systemd here
-        **more,
-    }
-
-
-def widget_vars(root: Path, wheelhouse: Path, db_url: str, **more: Any) -> dict[str, Any]:
-    return {
-        "mor_install_root": str(root),
-        "mor_regstatus_wheelhouse_dir": str(wheelhouse),
-        "mor_status_widget_db_url": db_url,
-        "mor_status_widget_manage_service": False,
-        "mor_status_widget_healthcheck": False,
-        "mor_status_widget_create_user": False,
-        "mor_status_widget_user": "nobody",
-        "mor_status_widget_web_servers": ["apache", "nginx"],
-        **more,
-    }
 
 
 @dataclass
@@ -155,13 +123,6 @@ def collected(collector: Installed, fleet_db: MorDatabase) -> Installed:
     )
     assert done.returncode == 0, done.stderr
     return collector
-
-
-def local_fact(ansible: Ansible, root: Path) -> Optional[dict[str, Any]]:
-    result = ansible.adhoc("setup", f"fact_path={root}/etc/ansible/facts.d filter=ansible_local")
-    assert result.rc == 0, result.out
-    facts = json.loads(result.out.split("=>", 1)[1])["ansible_facts"]
-    return facts.get("ansible_local", {}).get("mor_registration_status")  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- static checks
@@ -346,25 +307,6 @@ def test_each_platform_gets_its_interpreter_and_packages_or_a_clear_refusal(
         "python": interpreter,
         "packages": packages,
     }
-
-
-# --------------------------------------------------------------------------- check mode
-
-
-def test_check_mode_on_a_fresh_mor_server_changes_nothing_on_disk(
-    tmp_path: Path, ansible: Ansible, wheelhouse: Path
-) -> None:
-    root = tmp_path / "root"
-    seed_mor_server(root, "sqlite:///nowhere.db", 9)
-    before = tree(root)
-    extra = {
-        **collector_vars(root, wheelhouse),
-        **widget_vars(root, wheelhouse, "mysql+pymysql://ro:pw@127.0.0.1/mor"),
-    }
-    result = ansible.playbook("site.yml", extra, "--check", "--diff")
-    assert result.rc == 0, result.out[-4000:]
-    assert result.changed > 0  # it says what it would do ...
-    assert tree(root) == before  # ... and does none of it
 
 
 # --------------------------------------------------------------------------- the collector
@@ -634,196 +576,6 @@ def test_check_playbook_fails_a_server_without_the_collector(
     assert "localhost: FAIL | not installed" in result.out
 
 
-def test_debug_sets_only_the_debug_line_of_mor_conf(
-    tmp_path: Path, ansible: Ansible, wheelhouse: Path
-) -> None:
-    root = tmp_path / "root"
-    files = seed_mor_server(root, "sqlite:///nowhere.db", 9)
-    extra = collector_vars(root, wheelhouse, mor_retrieve_peers_debug=True)
-    result = ansible.playbook("collector.yml", extra, "--tags", "mor_retrieve_peers_configure")
-    assert result.rc == 0, result.out[-3000:]
-    conf = "var/lib/asterisk/agi-bin/mor.conf"
-    assert (root / conf).read_bytes() == files[conf].replace(b"DEBUG = 0", b"DEBUG = 1")
-
-
-def test_exactly_one_cron_line_runs_the_collector_whatever_was_there(
-    tmp_path: Path, ansible: Ansible, wheelhouse: Path
-) -> None:
-    root = tmp_path / "root"
-    seed_mor_server(root, "sqlite:///nowhere.db", 9)
-    cron = root / "etc/cron.d/mor_minute_actions"
-    cron.write_text(
-        MOR_CRON
-        + "0 5 * * * root /usr/local/mor/mor_retrieve_peers --full\n"
-        + "#*/5 * * * * root /usr/local/mor/mor_retrieve_peers\n"
-    )
-    extra = collector_vars(root, wheelhouse, mor_retrieve_peers_cron_schedule="*/2 * * * *")
-    result = ansible.playbook("collector.yml", extra, "--tags", "mor_retrieve_peers_configure")
-    assert result.rc == 0, result.out[-3000:]
-    ours = f"*/2 * * * * root {root}/usr/local/mor/mor_retrieve_peers"
-    lines = cron.read_text().splitlines()
-    assert lines.count(ours) == 1
-    assert [line for line in lines if line != ours] == [
-        "# MOR minute actions",
-        "* * * * * root /usr/local/mor/mor_minute_actions.sh >/dev/null 2>&1",
-        "#*/5 * * * * root /usr/local/mor/mor_retrieve_peers",
-    ]
-
-
-def test_uninstall_gives_mor_back_its_own_files(
-    tmp_path: Path, ansible: Ansible, wheelhouse: Path, fleet_db: MorDatabase, sim: AmiSimulator
-) -> None:
-    root = tmp_path / "root"
-    files = seed_mor_server(root, fleet_db.url, sim.port)
-    extra = {
-        **collector_vars(
-            root, wheelhouse, mor_retrieve_peers_migrate=False, mor_retrieve_peers_watch=True
-        ),
-        **widget_vars(root, wheelhouse, fleet_db.url),
-    }
-    installed = ansible.playbook("site.yml", extra)
-    assert installed.rc == 0, installed.out[-4000:]
-    assert (root / "opt/mor-status-widget/venv/bin/gunicorn").exists()
-    assert listener_unit(root).exists()
-
-    removed = ansible.playbook("uninstall.yml", extra)
-    assert removed.rc == 0, removed.out[-4000:]
-    for rel, content in files.items():
-        assert (root / rel).read_bytes() == content, rel
-    assert (root / "usr/local/mor/mor_retrieve_peers").stat().st_mode & 0o777 == 0o755
-    leftovers = [str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()]
-    assert sorted(leftovers) == sorted(files)
-
-
-# ------------------------------------------------------------------- MOR's files are never lost
-
-LAUNCHER = "usr/local/mor/mor_retrieve_peers"
-CRON = "etc/cron.d/mor_minute_actions"
-MOR_LINE = "*/10 * * * * root /usr/local/mor/mor_retrieve_peers"
-
-
-def seed_mor_variant(root: Path, variant: str) -> dict[str, Optional[bytes]]:
-    """MOR's files in one of the states an Asterisk server is found in (None: absent)."""
-    files: dict[str, Optional[bytes]] = dict(seed_mor_server(root, "sqlite:///nowhere.db", 9))
-    if variant == "no legacy collector":
-        (root / LAUNCHER).unlink()
-        files[LAUNCHER] = None
-    elif variant == "cron file without the line":
-        content = MOR_CRON.replace(MOR_LINE + "\n", "").encode()
-        (root / CRON).write_bytes(content)
-        files[CRON] = content
-    elif variant == "no cron file":
-        (root / CRON).unlink()
-        files[CRON] = None
-    return files
-
-
-def assert_mor_files_as_mor_left_them(root: Path, files: dict[str, Optional[bytes]]) -> None:
-    for rel, content in files.items():
-        path = root / rel
-        if content is None:
-            assert not path.exists(), f"{rel} was created"
-        else:
-            assert path.read_bytes() == content, rel
-    if files.get(LAUNCHER) is not None:
-        assert (root / LAUNCHER).stat().st_mode & 0o777 == 0o755
-
-
-def assert_ours_installed(root: Path) -> None:
-    assert "mor-regstatus launcher" in (root / LAUNCHER).read_text()
-    ours = f"* * * * * root {root}/{LAUNCHER}"
-    lines = (root / CRON).read_text().splitlines()
-    assert lines.count(ours) == 1
-    assert not [line for line in lines if line.endswith("/mor_retrieve_peers") and line != ours]
-
-
-STEPS = {
-    "I": ("collector.yml", "--tags", "mor_retrieve_peers_configure"),
-    "U": ("uninstall.yml",),
-    "R": ("rollback.yml",),
-}
-
-
-VARIANTS = [
-    "legacy collector and its line",
-    "no legacy collector",
-    "cron file without the line",
-    "no cron file",
-]
-
-
-@pytest.mark.parametrize(("sequence", "variants"), [("UIUUIU", VARIANTS), ("IRRIRU", VARIANTS[:1])])
-def test_no_sequence_of_install_uninstall_rollback_loses_mors_files(
-    tmp_path: Path, ansible: Ansible, wheelhouse: Path, sequence: str, variants: list[str]
-) -> None:
-    """After every uninstall or rollback MOR's files are byte for byte as MOR left them,
-    whatever ran before (a second uninstall, one on a server that never had the
-    install), on servers in each state MOR leaves them in: one host per state."""
-    roots = {variant: tmp_path / f"host{n}" for n, variant in enumerate(variants)}
-    files = {variant: seed_mor_variant(root, variant) for variant, root in roots.items()}
-    inventory = tmp_path / "inventory"
-    inventory.write_text(
-        "[mor_asterisk]\n"
-        + "".join(f"host{n} mor_install_root={roots[v]}\n" for n, v in enumerate(variants))
-        + f"[all:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n"
-    )
-    extra = collector_vars(Path("/"), wheelhouse)
-    del extra["mor_install_root"]  # each host's own, from the inventory
-    for number, step in enumerate(sequence, 1):
-        playbook, *args = STEPS[step]
-        result = ansible.playbook(playbook, extra, *args, inventory=inventory)
-        assert result.rc == 0, f"step {number} ({step}): " + result.out[-3000:]
-        for variant, root in roots.items():
-            if step == "I":
-                assert_ours_installed(root)
-            else:
-                assert_mor_files_as_mor_left_them(root, files[variant])
-
-
-def test_uninstall_refuses_to_guess_mors_line_once_its_record_is_gone(
-    tmp_path: Path, ansible: Ansible, wheelhouse: Path
-) -> None:
-    root = tmp_path / "root"
-    seed_mor_server(root, "sqlite:///nowhere.db", 9)
-    extra = collector_vars(root, wheelhouse)
-    installed = ansible.playbook("collector.yml", extra, "--tags", "mor_retrieve_peers_configure")
-    assert installed.rc == 0, installed.out[-3000:]
-    shutil.rmtree(root / "var/lib/mor-regstatus/legacy")
-    before = tree(root)
-    removed = ansible.playbook("uninstall.yml", extra)
-    assert removed.rc != 0
-    assert "has no record of MOR's cron line" in removed.out
-    assert "*/10 * * * * root /usr/local/mor/mor_retrieve_peers" in removed.out
-    assert tree(root) == before  # nothing was changed
-
-
-def test_rollback_keeps_the_venv_the_state_and_the_fact(
-    collected: Installed, ansible: Ansible, fleet_db: MorDatabase
-) -> None:
-    """Back to MOR's collector: MOR's files return; what the install collected stays,
-    and collector.yml switches back (the shared install is left as it was found)."""
-    root = collected.root
-    tables_before = fleet_db.snapshot()  # MOR's and the project's tables, history included
-    assert "mor_regstatus_history" in tables_before
-    rolled = ansible.playbook("rollback.yml", collected.vars)
-    assert rolled.rc == 0, rolled.out[-3000:]
-    try:
-        assert_mor_files_as_mor_left_them(root, dict(collected.mor_files))
-        assert not listener_unit(root).exists()
-        assert (root / "opt/mor-regstatus/venv/bin/mor-retrieve-peers").exists()
-        assert (root / "var/lib/mor-regstatus/state.json").exists()
-        fact = local_fact(ansible, root)
-        assert fact is not None and fact["launcher_ok"] is False
-        check = ansible.playbook("check.yml", {"mor_install_root": str(root)})
-        assert check.rc != 0 and "launcher is not ours (rolled back" in check.out
-        assert fleet_db.snapshot() == tables_before
-    finally:
-        back = ansible.playbook("collector.yml", collected.vars)
-        assert back.rc == 0, back.out[-3000:]
-    assert_ours_installed(root)
-    assert listener_unit(root).exists()
-
-
 # --------------------------------------------------------------------------- the widget
 
 
@@ -930,3 +682,23 @@ def test_installed_widget_answers_healthz_from_mariadb(
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+# --------------------------------------------------------------------------- uninstall
+
+
+def test_uninstall_leaves_nothing_but_mors_own_files(
+    collector: Installed, widget: Installed, ansible: Ansible
+) -> None:
+    """The last test of the module: it removes both shared installs. The collector's root
+    keeps MOR's files, byte for byte; the widget's root keeps nothing."""
+    for installed in (collector, widget):
+        removed = ansible.playbook("uninstall.yml", installed.vars)
+        assert removed.rc == 0, removed.out[-4000:]
+    root = collector.root
+    for rel, content in collector.mor_files.items():
+        assert (root / rel).read_bytes() == content, rel
+    assert (root / "usr/local/mor/mor_retrieve_peers").stat().st_mode & 0o777 == 0o755
+    leftovers = [str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()]
+    assert sorted(leftovers) == sorted(collector.mor_files)
+    assert [p for p in widget.root.rglob("*") if not p.is_dir()] == []
