@@ -18,7 +18,7 @@ import pytest
 from conftest import MorDatabase
 from sqlalchemy import create_engine, text
 
-from mor_plugin import cli
+from mor_plugin import cli, schema
 from mor_plugin.simulator import AmiSimulator, Faults, SimPeer, realistic_peers, run_in_thread
 
 ALL_VERSIONS = ["1.4", "1.6", "1.8", "10", "11", "13", "16", "18", "20"]
@@ -139,9 +139,17 @@ def test_second_identical_run_changes_nothing(
     assert again["changed"] == 0
     assert again["state_changes"] == 0
     after = mor.snapshot()
-    # only the run's own bookkeeping moves: the server summary and MOR's uptime text
-    for table in ("devices", "mor_regstatus_devices", "mor_regstatus_wrong_server"):
+    # only the run's own bookkeeping moves: the server summary, MOR's uptime text, and
+    # when a wrong-server registration was last seen (this run saw it again)
+    for table in ("devices", "mor_regstatus_devices"):
         assert after[table] == before[table]
+    assert wrong_server_rows(after) == wrong_server_rows(before)
+
+
+def wrong_server_rows(snapshot: dict[str, list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+    """The wrong-server rows without last_seen."""
+    seen = schema.wrong_server.c.keys().index("last_seen")
+    return [row[:seen] + row[seen + 1 :] for row in snapshot["mor_regstatus_wrong_server"]]
 
 
 def test_wrong_server_device_is_untouched_and_recorded(
