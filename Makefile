@@ -34,8 +34,11 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# Two workers, a test file each at a time (a file's tests share their fixtures and run
+# in order); TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 pytest: venv system-deps asterisk hosts
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: system-deps venv lint typecheck pytest
 
