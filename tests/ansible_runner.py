@@ -29,6 +29,10 @@ MOR_CRON = (
     "* * * * * root /usr/local/mor/mor_minute_actions.sh >/dev/null 2>&1\n"
 )
 LEGACY_COLLECTOR = b"\x7fELF legacy mor_retrieve_peers v1.9\n"
+# MOR's files on an Asterisk server, relative to its root.
+LAUNCHER = "usr/local/mor/mor_retrieve_peers"
+CRON = "etc/cron.d/mor_minute_actions"
+MOR_CONF = "var/lib/asterisk/agi-bin/mor.conf"
 
 
 @dataclass
@@ -186,15 +190,15 @@ def seed_mor_server(
         "ami_connect_timeout = 2\nami_timeout = 5\n"
     )
     files = {
-        "var/lib/asterisk/agi-bin/mor.conf": mor_conf.encode(),
-        "etc/cron.d/mor_minute_actions": MOR_CRON.encode(),
-        "usr/local/mor/mor_retrieve_peers": LEGACY_COLLECTOR,
+        MOR_CONF: mor_conf.encode(),
+        CRON: MOR_CRON.encode(),
+        LAUNCHER: LEGACY_COLLECTOR,
     }
     for rel, content in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-    (root / "usr/local/mor/mor_retrieve_peers").chmod(0o755)
+    (root / LAUNCHER).chmod(0o755)
     return files
 
 

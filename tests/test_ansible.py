@@ -29,6 +29,7 @@ import pytest
 import yaml
 from ansible_runner import (
     BIN,
+    LAUNCHER,
     LEGACY_COLLECTOR,
     MOR_CRON,
     REPO,
@@ -698,7 +699,7 @@ def test_uninstall_leaves_nothing_but_mors_own_files(
     root = collector.root
     for rel, content in collector.mor_files.items():
         assert (root / rel).read_bytes() == content, rel
-    assert (root / "usr/local/mor/mor_retrieve_peers").stat().st_mode & 0o777 == 0o755
+    assert (root / LAUNCHER).stat().st_mode & 0o777 == 0o755
     leftovers = [str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()]
     assert sorted(leftovers) == sorted(collector.mor_files)
     assert [p for p in widget.root.rglob("*") if not p.is_dir()] == []

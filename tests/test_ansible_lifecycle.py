@@ -15,6 +15,9 @@ from typing import Any, Optional
 
 import pytest
 from ansible_runner import (
+    CRON,
+    LAUNCHER,
+    MOR_CONF,
     MOR_CRON,
     Ansible,
     collector_vars,
@@ -57,8 +60,7 @@ def test_debug_sets_only_the_debug_line_of_mor_conf(
     extra = collector_vars(root, wheelhouse, mor_retrieve_peers_debug=True)
     result = ansible.playbook("collector.yml", extra, "--tags", "mor_retrieve_peers_configure")
     assert result.rc == 0, result.out[-3000:]
-    conf = "var/lib/asterisk/agi-bin/mor.conf"
-    assert (root / conf).read_bytes() == files[conf].replace(b"DEBUG = 0", b"DEBUG = 1")
+    assert (root / MOR_CONF).read_bytes() == files[MOR_CONF].replace(b"DEBUG = 0", b"DEBUG = 1")
 
 
 def test_exactly_one_cron_line_runs_the_collector_whatever_was_there(
@@ -66,7 +68,7 @@ def test_exactly_one_cron_line_runs_the_collector_whatever_was_there(
 ) -> None:
     root = tmp_path / "root"
     seed_mor_server(root, "sqlite:///nowhere.db", 9)
-    cron = root / "etc/cron.d/mor_minute_actions"
+    cron = root / CRON
     cron.write_text(
         MOR_CRON
         + "0 5 * * * root /usr/local/mor/mor_retrieve_peers --full\n"
@@ -87,8 +89,6 @@ def test_exactly_one_cron_line_runs_the_collector_whatever_was_there(
 
 # ------------------------------------------------------------------- MOR's files are never lost
 
-LAUNCHER = "usr/local/mor/mor_retrieve_peers"
-CRON = "etc/cron.d/mor_minute_actions"
 MOR_LINE = "*/10 * * * * root /usr/local/mor/mor_retrieve_peers"
 
 

@@ -18,22 +18,24 @@ import json
 import re
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 from ansible_runner import (
+    CRON,
+    LAUNCHER,
     LEGACY_COLLECTOR,
+    MOR_CONF,
     MOR_CRON,
     REPO,
     Ansible,
     Run,
     read_env_file,
     seed_mor_server,
+    wait_for_http,
 )
 from conftest import MorDatabase, mor_database
 from regstatus_helpers import wait_for
@@ -55,9 +57,6 @@ from widget.signing import sign_url
 pytestmark = pytest.mark.ansible
 
 AMI_SECRET = "fleet-s3cret"
-LAUNCHER = "usr/local/mor/mor_retrieve_peers"
-CRON = "etc/cron.d/mor_minute_actions"
-MOR_CONF = "var/lib/asterisk/agi-bin/mor.conf"
 # nginx serves the widget where the GUI's server block includes the snippet (a glob:
 # nothing to include before the install, nothing after the uninstall)
 NGINX_INCLUDE = "include /etc/nginx/snippets/mor-status-widget*.conf;"
@@ -81,22 +80,15 @@ class Fleet:
         )
 
 
-def http(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 -- loopback
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+def widget_url(gui: Host, server: str, path: str) -> str:
+    """``path`` of the widget as the GUI host's ``server`` (apache or nginx) serves it."""
+    return f"http://127.0.0.1:{gui.ports[server]}/mor-status{path}"
 
 
 def unit_state(host: Host, unit: str) -> tuple[str, str]:
     active = host.ssh(f"systemctl is-active {unit}", check=False).stdout.strip()
     enabled = host.ssh(f"systemctl is-enabled {unit}", check=False).stdout.strip()
     return active, enabled
-
-
-def statuses(db: MorDatabase) -> dict[str, Optional[str]]:
-    return db.reg_statuses()
 
 
 def documented_grants(database: str, user: str) -> list[str]:
@@ -203,8 +195,8 @@ def test_a_first_install_in_the_documented_order_on_bare_hosts(fleet: Fleet) -> 
     fleet.collector.ssh("dpkg -s python3-venv >/dev/null")
     assert unit_state(fleet.collector, "mor-retrieve-peers-watch") == ("active", "enabled")
     # the health gate ran the collector against the real Asterisk
-    assert statuses(fleet.db)["pj1"].startswith("OK (")  # type: ignore[union-attr]
-    assert statuses(fleet.db)["pj2"] == "UNREACHABLE"
+    assert fleet.db.reg_statuses()["pj1"].startswith("OK (")  # type: ignore[union-attr]
+    assert fleet.db.reg_statuses()["pj2"] == "UNREACHABLE"
     # MOR's line replaced in place by ours, its other lines untouched
     cron = (fleet.collector.root / CRON).read_text().splitlines()
     assert cron == [
@@ -247,20 +239,24 @@ def test_the_gui_host_shows_each_phones_status_behind_apache_and_nginx(fleet: Fl
     """Signed links as MOR's pages make them, through each web server, read by the user
     with only the documented GRANTs: the device page (PJSIP contacts included) and JSON."""
     for server in ("apache", "nginx"):
-        status, body = http(f"http://127.0.0.1:{fleet.gui.ports[server]}/mor-status/healthz")
+        status, body = wait_for_http(widget_url(fleet.gui, server, "/healthz"))
         assert status == 200, (server, body)
     secret = read_env_file(fleet.gui.root / "etc/mor-status-widget/env")["MOR_WIDGET_SECRET"]
     expires = int(time.time()) + 300
     for server in ("apache", "nginx"):
-        base = f"http://127.0.0.1:{fleet.gui.ports[server]}/mor-status"
-        status, page = http(base + sign_url("/devices/1/status", secret, expires))
+
+        def signed(path: str, server: str = server) -> str:
+            return widget_url(fleet.gui, server, sign_url(path, secret, expires))
+
+        status, page = wait_for_http(signed("/devices/1/status"))
         assert status == 200, (server, page[-2000:])
         assert re.search(r"OK \(\d+ ms\)", page), (server, page[-2000:])
-        status, body = http(base + sign_url("/api/v1/devices/status?ids=1,2", secret, expires))
+        status, body = wait_for_http(signed("/api/v1/devices/status?ids=1,2"))
         assert status == 200, (server, body)
         seen = {d["name"]: d["reg_status"] for d in json.loads(body)["devices"]}
         assert seen["pj1"].startswith("OK (") and seen["pj2"] == "UNREACHABLE", (server, seen)
-        assert http(base + "/devices/1/status")[0] == 403  # unsigned
+        unsigned = widget_url(fleet.gui, server, "/devices/1/status")
+        assert wait_for_http(unsigned)[0] == 403
     journal = fleet.gui.ssh("journalctl -u mor-status-widget --no-pager").stdout
     assert "Permission denied" not in journal
 
@@ -287,7 +283,7 @@ def test_the_listener_applies_a_phone_that_starts_answering(fleet: Fleet) -> Non
     fleet.phones.set_answer("pj2", 0.0)
     try:
         wait_for(
-            lambda: (statuses(fleet.db)["pj2"] or "").startswith("OK ("),
+            lambda: (fleet.db.reg_statuses()["pj2"] or "").startswith("OK ("),
             timeout=30,
             every=0.5,
         )
@@ -302,7 +298,7 @@ def test_services_come_back_after_a_reboot(fleet: Fleet) -> None:
     assert unit_state(fleet.collector, "mor-retrieve-peers-watch") == ("active", "enabled")
     assert unit_state(fleet.gui, "mor-status-widget")[1] == "enabled"
     wait_for(
-        lambda: http(f"http://127.0.0.1:{fleet.gui.ports['apache']}/mor-status/healthz")[0] == 200,
+        lambda: wait_for_http(widget_url(fleet.gui, "apache", "/healthz"))[0] == 200,
         timeout=30,
         every=0.5,
     )
@@ -333,8 +329,8 @@ def test_a_web_server_dropped_from_the_list_loses_its_snippet(fleet: Fleet) -> N
     assert dropped.rc == 0, dropped.out[-3000:]
     assert not (fleet.gui.root / "etc/nginx/snippets/mor-status-widget.conf").exists()
     assert unit_state(fleet.gui, "nginx")[0] == "active"
-    assert http(f"http://127.0.0.1:{fleet.gui.ports['nginx']}/mor-status/healthz")[0] == 404
-    assert http(f"http://127.0.0.1:{fleet.gui.ports['apache']}/mor-status/healthz")[0] == 200
+    assert wait_for_http(widget_url(fleet.gui, "nginx", "/healthz"))[0] == 404
+    assert wait_for_http(widget_url(fleet.gui, "apache", "/healthz"))[0] == 200
     fleet.extra["mor_status_widget_web_servers"] = ["apache"]
 
 
@@ -391,4 +387,4 @@ def test_uninstall_twice_leaves_both_hosts_as_mor_left_them(fleet: Fleet) -> Non
         ):
             assert not (gui.root / gone).is_symlink() and not (gui.root / gone).exists(), gone
         assert unit_state(gui, "apache2")[0] == "active"
-        assert http(f"http://127.0.0.1:{gui.ports['apache']}/mor-status/healthz")[0] == 404
+        assert wait_for_http(widget_url(gui, "apache", "/healthz"))[0] == 404
