@@ -527,6 +527,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     except ConfigError as err:
         return _fail(str(err), EXIT_CONFIG, sys.stderr)
+    # a misspelled key has no effect: said on stderr (cron mails it) on every run until fixed
+    for warning in settings.misspelled_keys:
+        print(f"mor-retrieve-peers: {warning}", file=sys.stderr)
     try:
         handler = _setup_logging(settings)
     except OSError as err:

@@ -15,7 +15,13 @@ more forgiving than MOR's legacy ``fscanf("%s = %s")``:
 * an empty value means "use the default", except ``secret``, where it means an
   empty password;
 * when a key appears twice the last line wins (with a warning);
-* unknown keys are ignored with a warning (other MOR programs may share the file).
+* a key the collector does not know is ignored. MOR's other programs read keys of their
+  own from the same file (``calls_one_time``, ``cron_interval``, ``execute_call_files``):
+  those, and any key unlike ours, are ignored silently. A key that looks like a
+  misspelling of one of ours (``ami_prot``, ``ami-port``, ``AmiPort``, ``secert``) is
+  ignored with a warning naming the key meant, in :attr:`Settings.misspelled_keys`:
+  the collector prints those on stderr as well as in its log, since the setting the
+  admin wrote has no effect.
 
 AMI credentials come from the ``ami_*`` keys, else from ``manager.conf`` (the
 ``[mor]`` user when it has a secret, else the first user with one), else they
@@ -78,6 +84,13 @@ _OUR_KEYS = (
     "peer_source",
 )
 KNOWN_KEYS = frozenset(_MOR_KEYS + _OUR_KEYS)
+#: Keys that MOR's other programs read from this file (MOR's x6/asterisk/agi/mor.conf):
+#: never taken for a misspelling of ours, whatever the cutoff.
+MOR_OTHER_KEYS = frozenset(("calls_one_time", "cron_interval", "execute_call_files"))
+#: how alike (difflib's ratio) an unknown key and one of ours must be to be called a
+#: misspelling: ``ami_prot``/``ami_port`` 0.875, ``secert``/``secret`` 0.83,
+#: ``ami_user``/``ami_username`` 0.8; ``hostname``/``host`` is 0.67
+_MISSPELLING_CUTOFF = 0.8
 
 _KEY = re.compile(r"[a-z0-9_.-]+")
 _QUOTED = re.compile(r'"(.*?)"(?:\s+[;#].*)?')
@@ -223,6 +236,9 @@ class Settings:
     #: auto (chan_sip, PJSIP when chan_sip is absent), sip, pjsip or both
     peer_source: str = "auto"
     warnings: tuple[str, ...] = ()
+    #: the warnings (also in ``warnings``) about keys that look like misspellings of ours:
+    #: the setting has no effect, so the collector prints these on stderr too
+    misspelled_keys: tuple[str, ...] = ()
 
     def masked_db_url(self) -> str:
         """``db_url`` with its password replaced by ``***``, fit for logs."""
@@ -551,14 +567,42 @@ class _Values:
         return self.file.parent / raw
 
 
-def _collect(path: Path, entries: Iterator[_Entry], warnings: list[str]) -> dict[str, str]:
+def _squeezed(key: str) -> str:
+    return re.sub(r"[_.-]", "", key)
+
+
+def meant_key(key: str) -> Optional[str]:
+    """The key of ours that the unknown, lower-cased ``key`` looks like a misspelling of;
+    None for a key unlike ours or one of MOR's own (:data:`MOR_OTHER_KEYS`).
+
+    ``ami-port``, ``amiport`` and ``ami.port`` mean ``ami_port``; otherwise the closest key
+    of ours by difflib's ratio, when it reaches :data:`_MISSPELLING_CUTOFF`.
+    """
+    if key in KNOWN_KEYS or key in MOR_OTHER_KEYS:
+        return None
+    squeezed = _squeezed(key)
+    for known in sorted(KNOWN_KEYS):
+        if _squeezed(known) == squeezed:
+            return known
+    close = difflib.get_close_matches(
+        re.sub(r"[.-]", "_", key), sorted(KNOWN_KEYS), n=1, cutoff=_MISSPELLING_CUTOFF
+    )
+    return close[0] if close else None
+
+
+def _collect(
+    path: Path, entries: Iterator[_Entry], warnings: list[str], misspelled: list[str]
+) -> dict[str, str]:
     values: dict[str, str] = {}
     lines: dict[str, int] = {}
     for entry in entries:
         if entry.key not in KNOWN_KEYS:
-            close = difflib.get_close_matches(entry.key, sorted(KNOWN_KEYS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            warnings.append(f"{path}: line {entry.lineno}: unknown key '{entry.key}' ignored{hint}")
+            meant = meant_key(entry.key)
+            if meant is not None:
+                misspelled.append(
+                    f"{path}: line {entry.lineno}: unknown key '{entry.key}'"
+                    f" (did you mean '{meant}'?): ignored"
+                )
             continue
         if entry.key in lines:
             warnings.append(
@@ -788,7 +832,9 @@ def load_settings(
             f"{path}: cannot read ({_reason(err)}) -- pass --config or create it"
         ) from None
     warnings: list[str] = []
-    values = _Values(path, _collect(path, _flat_entries(text, str(path)), warnings))
+    misspelled: list[str] = []
+    values = _Values(path, _collect(path, _flat_entries(text, str(path)), warnings, misspelled))
+    warnings += misspelled
 
     server_id = values.whole("server_id", 1)
     db_url = _db_url(values)
@@ -831,4 +877,4 @@ def load_settings(
             " no device will be notified"
         )
     _compare_server_id(path, server_id, asterisk_mor_conf, warnings)
-    return replace(settings, warnings=tuple(warnings))
+    return replace(settings, warnings=tuple(warnings), misspelled_keys=tuple(misspelled))

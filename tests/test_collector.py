@@ -594,16 +594,46 @@ def test_config_error_is_one_line_naming_file_and_key(
     assert_failed_cleanly(code, err, 2, f"{conf}: server_id")
 
 
+def run_installed(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The console script as cron starts it."""
+    script = Path(sys.executable).with_name("mor-retrieve-peers")
+    return subprocess.run(
+        [str(script), "--config", str(conf), *args], capture_output=True, text=True, timeout=60
+    )
+
+
 def test_the_console_script_runs_as_installed(
     mor: MorDatabase, sim: AmiSimulator, tmp_path: Path
 ) -> None:
-    script = Path(sys.executable).with_name("mor-retrieve-peers")
-    done = subprocess.run(
-        [str(script), "--config", str(write_conf(tmp_path, mor.url, sim)), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_installed(write_conf(tmp_path, mor.url, sim), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["peers"] == 7
     assert mor.reg_statuses() == EXPECTED
+
+
+def test_a_misspelled_key_is_said_on_stderr_and_in_the_log_on_every_run(
+    mor: MorDatabase, sim: AmiSimulator, tmp_path: Path
+) -> None:
+    conf = write_conf(tmp_path, mor.url, sim, ami_prot=5039)
+    expected = (
+        f"mor-retrieve-peers: {conf}: line 15: unknown key 'ami_prot'"
+        " (did you mean 'ami_port'?): ignored\n"
+    )
+    for _ in range(2):
+        done = run_installed(conf)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", expected)
+    assert mor.reg_statuses() == EXPECTED
+    log = (tmp_path / "log" / "ami_debug.log").read_text()
+    assert log.count("WARNING mor_plugin: " + expected.removeprefix("mor-retrieve-peers: ")) == 2
+
+
+def test_mors_own_keys_of_mor_conf_keep_a_run_silent(
+    mor: MorDatabase, sim: AmiSimulator, tmp_path: Path
+) -> None:
+    # what MOR's other programs read from the same file (MOR's x6/asterisk/agi/mor.conf)
+    conf = write_conf(
+        tmp_path, mor.url, sim, calls_one_time=4, cron_interval=1, execute_call_files=1
+    )
+    done = run_installed(conf)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert "WARNING" not in (tmp_path / "log" / "ami_debug.log").read_text()

@@ -178,14 +178,75 @@ def test_last_duplicate_key_wins_with_a_warning(etc: Path) -> None:
     assert any("'server_id' is set on lines" in w for w in settings.warnings)
 
 
-def test_unknown_key_is_ignored_with_a_warning(etc: Path) -> None:
+def test_a_misspelled_key_is_ignored_with_a_warning_naming_the_key_meant(etc: Path) -> None:
     settings = load(etc, "secert = x\n")
 
     assert make_url(settings.db_url).password == "mor"
-    [warning] = settings.warnings
-    assert "unknown key 'secert' ignored" in warning
-    assert "did you mean 'secret'?" in warning
-    assert str(etc / "mor.conf") in warning
+    assert settings.misspelled_keys == (
+        f"{etc / 'mor.conf'}: line 2: unknown key 'secert' (did you mean 'secret'?): ignored",
+    )
+    assert settings.warnings == settings.misspelled_keys
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("ami_prot", "ami_port"),
+        ("ami-port", "ami_port"),
+        ("amiport", "ami_port"),
+        ("AmiPort", "ami_port"),
+        ("ami.port", "ami_port"),
+        ("ami_user", "ami_username"),
+        ("ami_usernmae", "ami_username"),
+        ("Server-ID", "server_id"),
+        ("logfile", "log_file"),
+        ("unknown_afer", "unknown_after"),
+        ("history_day", "history_days"),
+        ("webhook_urls", "webhook_url"),
+        ("peersource", "peer_source"),
+        ("debgu", "debug"),
+    ],
+)
+def test_near_misses_of_our_keys_are_named(etc: Path, written: str, meant: str) -> None:
+    settings = load(etc, f"{written} = 5039\n")
+
+    assert settings.ami_port == 5038  # nothing of the misspelled line is used
+    [warning] = settings.misspelled_keys
+    assert f"unknown key '{written.lower()}' (did you mean '{meant}'?): ignored" in warning
+
+
+#: MOR's agi-bin mor.conf as MOR's installer ships it (x6/asterisk/agi/mor.conf): the keys
+#: of the collector and of MOR's other programs (the autodialer's calls_one_time ...)
+MOR_AGI_MOR_CONF = """\
+host = localhost
+db = mor
+user = mor
+secret = mor
+port = 3306
+server_id = 1
+
+calls_one_time = 4
+cron_interval = 1
+
+show_sql = 0
+debug = 1
+execute_call_files = 1
+"""
+
+
+def test_mors_own_keys_give_no_warning(etc: Path) -> None:
+    # and the keys of /etc/asterisk/mor.conf that differ from this file's
+    core = "hostname = db1\ndbname = mor\npassword = mor\n"
+    settings = load(etc, MOR_AGI_MOR_CONF + core)
+
+    assert settings.warnings == ()
+    assert settings.debug
+
+
+def test_a_key_unlike_ours_is_ignored_silently(etc: Path) -> None:
+    settings = load(etc, "report_url = http://gui/\nfoo = bar\nmax_calls = 1000\n")
+
+    assert settings.warnings == ()
 
 
 def test_line_without_equals_is_an_error_naming_file_and_line(etc: Path) -> None:
