@@ -1,0 +1,225 @@
+"""docs/TROUBLESHOOTING.md stays true: failures staged for real (bad mor.conf values, missing
+and unwritable files, the AMI simulator refusing or hanging, MariaDB refusing) make the
+installed ``mor-retrieve-peers`` print a line that the document lists, under the exit code
+the process really returned."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, MorDatabase
+from test_collector import write_conf
+
+from mor_plugin import cli
+from mor_plugin.simulator import AmiSimulator, Faults, realistic_peers, run_in_thread
+
+pytestmark = pytest.mark.mariadb
+
+DOC = ROOT / "docs" / "TROUBLESHOOTING.md"
+PREFIX = "mor-retrieve-peers: "
+#: a placeholder of the document: <file>, <n>, <manager.conf>, <end event> ...
+PLACEHOLDER = re.compile(r"<[a-z][a-z0-9 ._-]*>")
+
+
+def line_pattern(documented: str) -> re.Pattern[str]:
+    """The documented line as a regex: literal text, each placeholder any text."""
+    literal = PLACEHOLDER.split(documented)
+    return re.compile("(.+?)".join(re.escape(part) for part in literal))
+
+
+def documented_lines() -> dict[int, list[str]]:
+    """Exit code -> the lines in the code blocks of its '### Exit code N' section."""
+    text = DOC.read_text(encoding="utf-8")
+    found: dict[int, list[str]] = {}
+    for match in re.finditer(r"^### Exit code (\d+)\b.*?$(.*?)(?=^##)", text, re.M | re.S):
+        blocks = re.findall(r"^```\n(.*?)^```", match.group(2), re.M | re.S)
+        found[int(match.group(1))] = [
+            line for block in blocks for line in block.splitlines() if line.startswith(PREFIX)
+        ]
+    return found
+
+
+DOCUMENTED = documented_lines()
+
+
+def documented_codes(line: str) -> set[int]:
+    """The exit codes under which ``line`` is documented."""
+    return {
+        code
+        for code, lines in DOCUMENTED.items()
+        if any(line_pattern(documented).fullmatch(line) for documented in lines)
+    }
+
+
+def collector(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as cron runs it through the launcher."""
+    script = Path(sys.executable).with_name("mor-retrieve-peers")
+    return subprocess.run(
+        [str(script), "--config", str(conf), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def assert_documented(done: subprocess.CompletedProcess[str], code: int, staged: str) -> None:
+    """One stderr line, of the failure staged, documented under the code it exited with."""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert staged in lines[0], f"staged {staged!r}, got {lines[0]!r}"
+    assert done.returncode == code, lines[0]
+    assert documented_codes(lines[0]) == {code}, (
+        f"not in {DOC.name} under exit code {code}:\n{lines[0]}"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_document_has_a_section_for_every_exit_code_of_the_collector() -> None:
+    codes = {cli.EXIT_OK, cli.EXIT_UNEXPECTED, cli.EXIT_CONFIG, cli.EXIT_AMI, cli.EXIT_DATABASE}
+    assert set(DOCUMENTED) == codes
+    assert all(DOCUMENTED[code] for code in codes)
+
+
+# --- exit 2: mor.conf and the files the collector writes -----------------------------
+
+
+def conf_lines(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mor.conf"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "staged"),
+    [
+        ("server_id = abc\n", "server_id = 'abc' is not a whole number"),
+        ("history_days = 1000000000000\n", "is not a number of days from 1 to 3650"),
+        ("ami_timeout = 0\n", "ami_timeout = '0' is not a number of seconds > 0"),
+        ("debug = maybe\n", "debug = 'maybe' is not a boolean"),
+        ("peer_source = chan_sip\n", "is not one of auto, sip, pjsip, both"),
+        ("webhook_user_ids = a, b\n", "is not a list of whole numbers"),
+        ("justaline\n", "line 1 is not 'key = value'"),
+        ("webhook_url = ftp://hooks.example.com/in\n", "webhook_url is not an http://"),
+        ("db_url = not a url\n", "db_url is not a SQLAlchemy URL"),
+        ("db_url = mysql+pymysql://mor:p@ss@db1/mor\n", "db_url has an '@' in its password"),
+        ("ami_secret = s3cret\n", "ami_secret is set but ami_username is not"),
+    ],
+)
+def test_a_bad_mor_conf_prints_a_documented_line_and_exits_2(
+    tmp_path: Path, text: str, staged: str
+) -> None:
+    assert_documented(collector(conf_lines(tmp_path, text)), 2, staged)
+
+
+def test_a_missing_mor_conf_is_documented(tmp_path: Path) -> None:
+    assert_documented(collector(tmp_path / "missing.conf"), 2, "cannot read (No such file")
+
+
+@pytest.mark.parametrize(
+    ("key", "staged"), [("log_file", "cannot write the log"), ("lock_file", "cannot take the lock")]
+)
+def test_an_unwritable_log_or_lock_path_is_documented(
+    tmp_path: Path, key: str, staged: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder\n")
+    conf = write_conf(tmp_path, "sqlite:///unused.db", None, **{key: tmp_path / "a-file" / "x"})
+    assert_documented(collector(conf), 2, staged)
+
+
+def test_no_ami_user_anywhere_is_documented(mor_db: MorDatabase, tmp_path: Path) -> None:
+    mor_db.add_server(1, ami_username="")
+    conf = write_conf(tmp_path, mor_db.url, None)
+    text = "".join(
+        line for line in conf.read_text().splitlines(keepends=True) if not line.startswith("ami_")
+    )
+    conf.write_text(text)
+    assert_documented(collector(conf), 2, "no AMI user -- set ami_username/ami_secret")
+
+
+# --- exit 3: Asterisk ------------------------------------------------------------------
+
+
+@pytest.fixture
+def sim() -> Iterator[AmiSimulator]:
+    with run_in_thread(AmiSimulator(realistic_peers(5), username="mor", secret="s3cret")) as s:
+        yield s
+
+
+def test_nothing_on_the_ami_port_is_documented(mor_db: MorDatabase, tmp_path: Path) -> None:
+    conf = write_conf(tmp_path, mor_db.url, None, ami_port=free_port())
+    assert_documented(collector(conf), 3, "cannot connect to Asterisk AMI at 127.0.0.1:")
+
+
+@pytest.mark.parametrize("args", [(), ("--watch",)])
+def test_a_refused_ami_login_is_documented(
+    mor_db: MorDatabase, sim: AmiSimulator, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    conf = write_conf(tmp_path, mor_db.url, sim, ami_secret="wrong")
+    staged = "listener stopped: AMI login refused" if args else "refused AMI login for user 'mor'"
+    assert_documented(collector(conf, *args), 3, staged)
+
+
+@pytest.mark.parametrize(
+    ("simulator", "extra", "staged"),
+    [
+        ({"write": ""}, {}, "may not run SIPpeers"),
+        ({"version": "21"}, {"peer_source": "sip"}, "chan_sip is not loaded"),
+        ({"faults": Faults(no_pjsip=True)}, {"peer_source": "pjsip"}, "res_pjsip is not loaded"),
+        ({"faults": Faults(hang_after=2)}, {"ami_timeout": 1}, "went silent for 1 s"),
+        ({"faults": Faults(drop_after=2)}, {}, "closed the AMI connection in the middle"),
+        ({"faults": Faults(wrong_count=True)}, {}, "list is inconsistent"),
+        ({"faults": Faults(slow=0.2)}, {"ami_list_timeout": 0.5}, "not complete within 0.5 s"),
+    ],
+)
+def test_asterisk_failing_mid_run_is_documented(
+    mor_db: MorDatabase,
+    tmp_path: Path,
+    simulator: dict[str, Any],
+    extra: dict[str, Any],
+    staged: str,
+) -> None:
+    fake = AmiSimulator(realistic_peers(5), username="mor", secret="s3cret", **simulator)
+    with run_in_thread(fake) as s:
+        assert_documented(collector(write_conf(tmp_path, mor_db.url, s, **extra)), 3, staged)
+
+
+# --- exit 4: the database -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [(), ("--migrate",), ("--watch",)])
+def test_a_wrong_database_password_is_documented(
+    mor_db: MorDatabase, sim: AmiSimulator, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    url = mor_db.url.replace(f":{mor_db.password}@", ":wrong-password@")
+    done = collector(write_conf(tmp_path, url, sim), *args)
+    assert_documented(done, 4, "MySQL error 1045: Access denied")
+    assert "wrong-password" not in done.stderr
+
+
+def test_a_database_that_refuses_connections_is_documented(
+    sim: AmiSimulator, tmp_path: Path
+) -> None:
+    url = f"mysql+pymysql://mor:secretpw@127.0.0.1:{free_port()}/mor"
+    assert_documented(collector(write_conf(tmp_path, url, sim)), 4, "MySQL error 2003")
+
+
+# --- exit 0 with a line ------------------------------------------------------------------
+
+
+def test_a_misspelled_key_is_documented(
+    mor_db: MorDatabase, sim: AmiSimulator, tmp_path: Path
+) -> None:
+    mor_db.add_server(1)
+    conf = write_conf(tmp_path, mor_db.url, sim)
+    with conf.open("a") as handle:
+        handle.write("ami_prot = 5039\n")
+    assert_documented(collector(conf), 0, "unknown key 'ami_prot' (did you mean 'ami_port'?)")
