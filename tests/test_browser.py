@@ -43,7 +43,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 NOW = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
-# id -> (name, reg_status, expected RGB at the bullet's centre; None: see-through ring)
+# id -> (name, reg_status, expected RGB inside the bullet's shape; None: see-through ring)
 DEVICES: dict[int, tuple[str, Any, Any]] = {
     1: ("green-phone", "OK (23 ms)", (0x22, 0xA3, 0x3A)),
     2: ("yellow-phone", "LAGGED (2480 ms)", (0xF5, 0xC4, 0x00)),
@@ -52,6 +52,13 @@ DEVICES: dict[int, tuple[str, Any, Any]] = {
     5: ("white-phone", "Unmonitored", (0xFF, 0xFF, 0xFF)),
     6: ("never-seen", None, None),
 }
+#: what each bullet's tooltip and accessible name start with
+HEADS = {1: "OK (23 ms)", 2: "LAGGED (2480 ms)", 3: "UNREACHABLE", 4: "UNKNOWN"}
+HEADS |= {5: "Unmonitored", 6: "NO STATUS"}
+#: a device of server 2, whose collector never ran, registered on server 1 instead
+ROAMER = 7
+#: MOR's device edit page gives the status box this height; embed.js fits it to its content
+PLAIN_FRAME_HEIGHT = 150
 
 
 @dataclass
@@ -140,7 +147,10 @@ def fresh_now() -> None:
 def fill(db: MorDatabase) -> None:
     schema.own_metadata.create_all(db.engine)
     db.add_server(1, hostname="ast-one")
+    db.add_server(2, hostname="ast-two")
+    db.add_server(3, hostname="ast-three")
     db.add_user(2)
+    db.add_user(3)
     for device_id, (name, reg_status, _) in DEVICES.items():
         db.add_device(
             device_id,
@@ -149,13 +159,32 @@ def fill(db: MorDatabase) -> None:
             description=f"Desk of {name}",
             qualify="no" if reg_status == "Unmonitored" else "yes",
         )
+    db.add_device(ROAMER, "roaming-phone", server_id=2, user_id=3, description="Travels")
     with db.engine.begin() as conn:
+        conn.execute(
+            schema.wrong_server.insert(),
+            [
+                {
+                    "device_id": ROAMER,
+                    "seen_on_server_id": seen_on,
+                    "assigned_server_id": 2,
+                    "peer_name": "roaming-phone",
+                    "reg_status": "OK (41 ms)",
+                    "ip": "203.0.113.50",
+                    "port": 5062,
+                    "first_seen": NOW - timedelta(minutes=30),
+                    "last_seen": NOW - timedelta(minutes=minutes),
+                }
+                for seen_on, minutes in ((1, 0), (3, 12))
+            ],
+        )
         conn.execute(
             schema.device_state.insert().values(
                 device_id=1,
                 server_id=1,
                 status="ok",
-                since=NOW - timedelta(hours=3),
+                # the colour began with the last change in the history
+                since=NOW - timedelta(hours=6),
                 last_seen=NOW,
                 ip="192.0.2.10",
                 port=5060,
@@ -267,53 +296,248 @@ def wait_for_images(page: Any) -> None:
     )
 
 
-def test_device_list_bullets_have_mor_colours(sites: Sites, page: Any, artifacts_dir: Path) -> None:
+def shape_of(pixels: list[list[tuple[int, int, int]]]) -> set[tuple[int, int]]:
+    """The pixels a bullet paints: those that differ from the corner's background."""
+    background = pixels[0][0]
+    return {
+        (x, y)
+        for y, row in enumerate(pixels)
+        for x, colour in enumerate(row)
+        if max(abs(a - b) for a, b in zip(colour, background)) > 48
+    }
+
+
+def inside_colour(kind_pixels: list[list[tuple[int, int, int]]], device_id: int) -> Any:
+    """The colour inside the shape (above the Unmonitored bar, which crosses the centre)."""
+    return kind_pixels[5][8] if device_id == 5 else kind_pixels[8][8]
+
+
+def bullet_pixels(page: Any, selector: str) -> dict[int, list[list[tuple[int, int, int]]]]:
+    shots = {}
+    for device_id in DEVICES:
+        box = page.locator(selector.format(id=device_id)).bounding_box()
+        assert (box["width"], box["height"]) == (16, 16)
+        # the 16 x 16 pixels the bullet is painted on (a table may place it at x.5)
+        clip = {"x": round(box["x"]), "y": round(box["y"]), "width": 16, "height": 16}
+        shots[device_id] = png_pixels(page.screenshot(clip=clip))[2]
+    return shots
+
+
+def test_device_list_bullets_say_their_status_and_differ_in_shape(
+    sites: Sites, page: Any, artifacts_dir: Path
+) -> None:
     page.goto(f"{sites.mor}/billing/devices/show_devices/2")
     wait_for_images(page)
     legend = page.frame_locator("iframe.legend")
     assert legend.locator('.count[data-kind="ok"]').inner_text() == "1"
     assert legend.locator('.count[data-kind="none"]').inner_text() == "1"
     assert "6 SIP devices" in legend.locator(".legend").inner_text()
-    for device_id, (_, _, colour) in DEVICES.items():
+    for device_id, head in HEADS.items():
         image = page.locator(f'img[data-device-id="{device_id}"]')
         assert image.get_attribute("src").startswith(f"{sites.widget}/devices/{device_id}/")
-        _, _, pixels = png_pixels(image.screenshot())
-        centre, ring = pixels[8][8], pixels[2][8]
+        # a screen reader reads the status; hovering shows it with what it means
+        assert page.get_by_role("img", name=head, exact=True).get_attribute(
+            "data-device-id"
+        ) == str(device_id)
+        assert image.get_attribute("title").startswith(f"{head}: ")
+    shots = bullet_pixels(page, 'img[data-device-id="{id}"]')
+    for device_id, (_, _, colour) in DEVICES.items():
         if colour is None:  # NO STATUS: a ring around the row's own background
-            assert min(centre) > 200, centre
-            assert max(ring) < 200, ring
+            assert min(shots[device_id][8][8]) > 200, shots[device_id][8][8]
         else:
-            assert close_to(centre, colour), (device_id, centre, colour)
+            assert close_to(inside_colour(shots[device_id], device_id), colour), device_id
+    # every status is told apart by its shape alone, whatever the colours look like
+    shapes = {device_id: shape_of(pixels) for device_id, pixels in shots.items()}
+    for a in DEVICES:
+        for b in DEVICES:
+            if a < b:
+                assert len(shapes[a] ^ shapes[b]) >= 12, (a, b, len(shapes[a] ^ shapes[b]))
     save(page.screenshot(full_page=True), artifacts_dir, "device_list.png", docs=True)
+    save(legend.locator(".legend").screenshot(), artifacts_dir, "legend.png", docs=True)
+
+
+def test_embed_js_draws_the_same_bullets_from_one_request(
+    sites: Sites, page: Any, artifacts_dir: Path
+) -> None:
+    page.goto(f"{sites.mor}/billing/devices/show_devices/2")
+    wait_for_images(page)
+    by_image = {
+        i: shape_of(p) for i, p in bullet_pixels(page, 'img[data-device-id="{id}"]').items()
+    }
+    api_requests: list[str] = []
+    page.on("request", lambda r: api_requests.append(r.url) if "/api/" in r.url else None)
+    page.goto(f"{sites.mor}/billing/devices/show_devices/2?bullets=script")
+    page.locator("[data-mor-device-id] svg").nth(len(DEVICES) - 1).wait_for()
+    assert page.locator("img[data-device-id]").count() == 0
+    assert len(api_requests) == 1, api_requests
+    by_script = bullet_pixels(page, '[data-mor-device-id="{id}"] svg')
+    for device_id, head in HEADS.items():
+        drawn = page.locator(f'[data-mor-device-id="{device_id}"] svg')
+        assert drawn.get_attribute("aria-label").startswith(f"{head}: ")
+        assert page.get_by_role("img", name=drawn.get_attribute("aria-label")).count() == 1
+        assert (
+            page.locator(f'[data-mor-device-id="{device_id}"]')
+            .get_attribute("title")
+            .startswith(f"{head}: ")
+        )
+        # the script draws what the widget's own images draw
+        assert len(shape_of(by_script[device_id]) ^ by_image[device_id]) <= 4, device_id
+        colour = DEVICES[device_id][2]
+        if colour is not None:
+            assert close_to(inside_colour(by_script[device_id], device_id), colour), device_id
+    save(page.screenshot(full_page=True), artifacts_dir, "device_list_embed_js.png")
+
+
+def test_all_devices_list_has_the_legend(sites: Sites, page: Any) -> None:
+    page.goto(f"{sites.mor}/billing/devices/devices_all")
+    wait_for_images(page)
+    legend = page.frame_locator("iframe.legend")
+    assert "7 SIP devices" in legend.locator(".legend").inner_text()
+    assert legend.locator('.count[data-kind="none"]').inner_text() == "2"
+    assert (
+        "1 on a server where the collector has not run yet"
+        in legend.locator(".legend").inner_text()
+    )
+    assert_frame_fits(page, "iframe.legend")
+
+
+def frame_fits(page: Any, selector: str) -> bool:
+    """The frame is as tall as its document: no scrolling inside it, no empty space."""
+    frame = page.locator(selector).element_handle().content_frame()
+    return bool(
+        frame.evaluate(
+            "() => { const e = document.documentElement;"
+            " const content = Math.ceil(document.body.getBoundingClientRect().height);"
+            " return e.scrollHeight <= e.clientHeight && e.scrollWidth <= e.clientWidth"
+            " && Math.abs(e.clientHeight - content) <= 1; }"
+        )
+    )
+
+
+def assert_frame_fits(page: Any, selector: str) -> None:
+    deadline = time.monotonic() + 5
+    while not frame_fits(page, selector) and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert frame_fits(page, selector), f"{selector} scrolls"
+
+
+def assert_inside(page: Any, frame_selector: str, element: Any) -> None:
+    """``element`` (in the frame) is drawn wholly within the frame's box on the page."""
+    outer, inner = page.locator(frame_selector).bounding_box(), element.bounding_box()
+    assert inner["y"] >= outer["y"] and inner["x"] >= outer["x"], (inner, outer)
+    assert inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 0.5, (inner, outer)
+    assert inner["x"] + inner["width"] <= outer["x"] + outer["width"] + 0.5, (inner, outer)
+
+
+def test_status_box_fits_every_warning_without_scrolling(
+    sites: Sites, page: Any, artifacts_dir: Path
+) -> None:
+    page.goto(f"{sites.mor}/billing/devices/device_edit/{ROAMER}")
+    frame = page.frame_locator("iframe.mor-regstatus")
+    stale, warns = frame.locator(".stale"), frame.locator(".warn")
+    assert "No status has been collected yet on server 2" in stale.inner_text()
+    assert warns.count() == 2
+    for text in warns.all_inner_texts():
+        assert text.endswith("Its status is not shown until it registers to its own server.")
+    assert_frame_fits(page, "iframe.mor-regstatus")
+    assert page.locator("iframe.mor-regstatus").bounding_box()["height"] > PLAIN_FRAME_HEIGHT
+    for element in (frame.locator(".headline"), stale, warns.first, warns.last):
+        assert_inside(page, "iframe.mor-regstatus", element)
+    # where MOR frames the box without embed.js, its default height shows the status, the
+    # stale data and the first warning whole, before the charts
+    boxes = frame.locator(".headline, .stale, .warn, .history").evaluate_all(
+        "nodes => nodes.map(n => [n.className, n.getBoundingClientRect().bottom])"
+    )
+    assert [name for name, _ in boxes] == ["headline", "stale", "warn", "warn", "history"]
+    assert all(bottom <= PLAIN_FRAME_HEIGHT for _, bottom in boxes[:3]), boxes
+    save(page.screenshot(full_page=True), artifacts_dir, "device_edit_warnings.png", docs=True)
+
+
+def test_status_box_grows_when_a_refresh_adds_a_warning(sites: Sites, page: Any) -> None:
+    page.goto(f"{sites.mor}/billing/devices/device_edit/1")
+    frame = page.frame_locator("iframe.mor-regstatus")
+    assert frame.locator(".word").inner_text() == "OK"
+    assert_frame_fits(page, "iframe.mor-regstatus")
+    before = page.locator("iframe.mor-regstatus").bounding_box()["height"]
+    with sites.db.engine.begin() as conn:
+        conn.execute(
+            schema.wrong_server.insert().values(
+                device_id=1,
+                seen_on_server_id=2,
+                assigned_server_id=1,
+                peer_name="green-phone",
+                reg_status="OK (12 ms)",
+                first_seen=NOW,
+                last_seen=NOW,
+            )
+        )
+    frame.locator(".warn").wait_for(timeout=8_000)
+    assert_frame_fits(page, "iframe.mor-regstatus")
+    assert page.locator("iframe.mor-regstatus").bounding_box()["height"] > before
+    assert_inside(page, "iframe.mor-regstatus", frame.locator(".warn"))
 
 
 def test_device_edit_page_shows_the_status_iframe(
     sites: Sites, page: Any, artifacts_dir: Path
 ) -> None:
     page.goto(f"{sites.mor}/billing/devices/device_edit/1")
-    frame = page.frame_locator("iframe.regstatus")
+    frame = page.frame_locator("iframe.mor-regstatus")
     assert frame.locator(".word").inner_text() == "OK"
     text = frame.locator(".status").inner_text()
-    assert "23 ms" in text and "since 3 h ago" in text and "192.0.2.10:5060" in text
+    assert "23 ms" in text and "192.0.2.10:5060" in text
+    # "since" is when the strip turns green: the last change, 6 hours ago
+    assert frame.locator(".since").inner_text() == "since 6 h ago"
     assert frame.locator(".status").is_visible()
+    assert frame.get_by_role("img", name=f"{HEADS[1]}: ", exact=False).count() == 1
     _, _, pixels = png_pixels(frame.locator("svg.bullet").screenshot())
     assert close_to(pixels[9][9], DEVICES[1][2])
-    # the 24 h strip: green now, red 8 to 6 hours ago; the latency sparkline under it
+    # the 24 h strip: green now and since 6 hours ago, red from 8 to 6 hours ago
     width, _, strip = png_pixels(frame.locator("svg.strip").screenshot())
     assert close_to(strip[7][width - 4], DEVICES[1][2])
+    assert close_to(strip[7][int(width * 18.2 / 24)], DEVICES[1][2])
     assert close_to(strip[7][int(width * 17 / 24)], DEVICES[3][2])
     assert frame.locator("svg.sparkline polyline").count() == 2
+    assert_frame_fits(page, "iframe.mor-regstatus")
     save(page.screenshot(full_page=True), artifacts_dir, "device_edit.png", docs=True)
+
+
+def test_a_device_never_seen_says_so(sites: Sites, page: Any) -> None:
+    page.goto(f"{sites.mor}/billing/devices/device_edit/6")
+    frame = page.frame_locator("iframe.mor-regstatus")
+    assert frame.locator(".word").inner_text() == "NO STATUS"
+    assert frame.locator(".since").inner_text() == "never seen on server 1"
+    assert "since" not in frame.locator(".facts").inner_text().replace("never seen", "")
 
 
 def test_status_iframe_refreshes_without_reloading_the_page(sites: Sites, page: Any) -> None:
     page.goto(f"{sites.mor}/billing/devices/device_edit/1")
-    frame = page.frame_locator("iframe.regstatus")
+    frame = page.frame_locator("iframe.mor-regstatus")
     assert frame.locator(".word").inner_text() == "OK"
     page.evaluate("window.notReloaded = true")
     sites.db.execute("UPDATE devices SET reg_status = 'UNREACHABLE' WHERE id = 1")
     frame.locator(".word", has_text="UNREACHABLE").wait_for(timeout=8_000)
     assert page.evaluate("window.notReloaded") is True
+
+
+def test_servers_page_sits_in_mors_page_and_fits_it(
+    sites: Sites, page: Any, artifacts_dir: Path
+) -> None:
+    page.goto(f"{sites.mor}/billing/devices/devices_all")
+    page.get_by_role("link", name="Servers", exact=True).click()
+    frame = page.frame_locator("iframe.mor-regstatus")
+    assert frame.locator('tr[data-server-id="2"]').inner_text().count("stale") == 1
+    assert_frame_fits(page, "iframe.mor-regstatus")
+    save(page.screenshot(full_page=True), artifacts_dir, "servers.png", docs=True)
+    # a server's devices open inside the frame; MOR's top bar and the way back stay
+    frame.locator('tr[data-server-id="1"] td[data-kind="ok"] a').click()
+    frame.locator("#devices").wait_for()
+    assert frame.locator('tr[data-device-id="1"]').count() == 1
+    assert page.locator(".topbar").is_visible()
+    assert_frame_fits(page, "iframe.mor-regstatus")
+    frame.get_by_role("link", name="Servers").click()
+    frame.locator("#servers").wait_for()
+    page.locator(".topbar").get_by_role("link", name="All devices").click()
+    page.locator("#devices").wait_for()
 
 
 def test_page_from_another_origin_may_not_frame_the_widget(

@@ -333,10 +333,10 @@ def test_bullet_has_mor_colour_and_tooltip(client: FlaskClient, device_id: int) 
     assert title and len(title.group(1)) > 20
 
 
-def test_no_status_bullet_is_a_hollow_ring(client: FlaskClient) -> None:
+def test_no_status_bullet_is_a_dashed_ring(client: FlaskClient) -> None:
     body = client.get("/devices/6/bullet.svg").get_data(as_text=True)
-    assert 'fill="none"' in body and 'stroke-width="2"' in body
-    assert "NO STATUS" in body
+    assert 'fill="none"' in body and "stroke-dasharray" in body
+    assert 'aria-label="NO STATUS: ' in body
 
 
 def test_bullet_answers_304_to_its_etag(client: FlaskClient) -> None:
@@ -379,6 +379,14 @@ def test_legend_counts_the_users_sip_devices(client: FlaskClient) -> None:
     assert "1 on a server where the collector has not run yet" in words
     for label in ("OK", "LAGGED", "UNREACHABLE", "UNKNOWN", "Unmonitored", "NO STATUS"):
         assert re.search(rf'title="{label}: [^"]{{20,}}"', html), label
+
+
+def test_legend_of_all_devices_counts_every_users_sip_devices(client: FlaskClient) -> None:
+    html = client.get("/devices/status").get_data(as_text=True)
+    counts = dict(re.findall(r'<span class="count" data-kind="(\w+)">(\d+)</span>', html))
+    # user 2's seven and user 3's OK device; the fax is not SIP
+    assert counts["ok"] == "2" and counts["none"] == "2"
+    assert "8 SIP devices" in text_of(html)
 
 
 def test_legend_of_user_without_devices_is_all_zero(client: FlaskClient) -> None:
@@ -550,6 +558,7 @@ def test_works_before_the_collector_created_its_tables(mor_db: MorDatabase) -> N
     assert client.get("/devices/1/status").status_code == 200
     assert client.get("/devices/1/bullet.svg").status_code == 200
     assert client.get("/users/2/devices/status").status_code == 200
+    assert "1 SIP device" in text_of(client.get("/devices/status").get_data(as_text=True))
     device = client.get("/api/v1/devices/status?ids=1").get_json()["devices"][0]
     assert device["status"] == "ok" and device["stale"] is True and device["since"] is None
     summary = client.get("/api/v1/servers/1/summary").get_json()
@@ -563,6 +572,7 @@ SIGNED_ROUTES = [
     "/devices/1/status",
     "/devices/1/bullet.svg",
     "/users/2/devices/status",
+    "/devices/status",
     "/api/v1/devices/status?ids=1,2",
     "/api/v1/servers/1/summary",
 ]

@@ -29,14 +29,18 @@ def test_demo_pages_embed_the_signed_widget_with_collected_data(tmp_path: Path) 
     assert client.get(html.unescape(bullets[0])).status_code == 200
     assert client.get(html.unescape(bullets[0]).split("?")[0]).status_code == 403  # unsigned
 
-    legend = client.get("/billing/devices/show_devices/2").get_data(as_text=True)
-    frame = re.search(r'<iframe class="legend" src="([^"]+)"', legend)
-    assert frame and client.get(html.unescape(frame.group(1))).status_code == 200
+    # both lists carry the legend, sized by embed.js
+    for listing_url in ("/billing/devices/devices_all", "/billing/devices/show_devices/2"):
+        legend = client.get(listing_url).get_data(as_text=True)
+        frame = re.search(r'<iframe class="legend mor-regstatus" src="([^"]+)"', legend)
+        assert frame and client.get(html.unescape(frame.group(1))).status_code == 200
+        assert '<script src="/mor-status/embed.js" defer>' in legend
+    assert client.get("/mor-status/embed.js").status_code == 200
 
     kinds = set()
     for device_id in range(1, 23):
         page = client.get(f"/billing/devices/device_edit/{device_id}").get_data(as_text=True)
-        src = re.search(r'<iframe class="regstatus" src="([^"]+)"', page)
+        src = re.search(r'<iframe class="mor-regstatus" src="([^"]+)"', page)
         assert src and "Registration Status:" in page
         body = client.get(html.unescape(src.group(1))).get_data(as_text=True)
         kinds.add(re.search(r'class="status status-(\w+)"', body).group(1))  # type: ignore[union-attr]
@@ -46,10 +50,14 @@ def test_demo_pages_embed_the_signed_widget_with_collected_data(tmp_path: Path) 
 
     # the seeded past day: a red hour and a yellow spell in the strip, latency samples
     page = client.get("/billing/devices/device_edit/1").get_data(as_text=True)
-    src = re.search(r'<iframe class="regstatus" src="([^"]+)"', page)
+    src = re.search(r'<iframe class="mor-regstatus" src="([^"]+)"', page)
     assert src
     body = client.get(html.unescape(src.group(1))).get_data(as_text=True)
     assert 'class="block block-unreachable"' in body and 'class="block block-lagged"' in body
     assert '<svg class="sparkline"' in body
-    servers = re.search(r'<a href="(/mor-status/servers\?[^"]+)">Servers</a>', page)
-    assert servers and client.get(html.unescape(servers.group(1))).status_code == 200
+    # the servers page opens inside MOR's page, under its top bar
+    assert '<a href="/billing/registration_status/servers">Servers</a>' in page
+    servers = client.get("/billing/registration_status/servers").get_data(as_text=True)
+    assert 'class="topbar"' in servers
+    frame = re.search(r'<iframe class="mor-regstatus" src="(/mor-status/servers\?[^"]+)"', servers)
+    assert frame and client.get(html.unescape(frame.group(1))).status_code == 200

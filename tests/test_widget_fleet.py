@@ -302,6 +302,11 @@ def test_device_list_shows_name_description_user_status_and_since(client: FlaskC
     assert "9 roamer 2 server 2 OK (40 ms) 3 h ago" in roamer
 
 
+def test_device_list_says_a_device_without_status_was_never_seen(client: FlaskClient) -> None:
+    words = text_of(client.get("/servers/1/devices?status=none").get_data(as_text=True))
+    assert "6 frank" in words and "never seen" in words
+
+
 def test_device_list_escapes_names_and_descriptions(client: FlaskClient) -> None:
     html = client.get("/servers/1/devices?status=ok").get_data(as_text=True)
     assert EVIL not in html

@@ -244,6 +244,28 @@ def test_blocks_follow_the_changes_and_clip_to_the_window() -> None:
     ]
 
 
+def test_strip_ends_with_the_current_colour_when_its_change_was_not_recorded() -> None:
+    """Another writer turned the device red without a transition: the strip turns red at
+    the device's since, which is also the "since" the page shows."""
+    t0 = datetime(2026, 1, 1)
+    history = History(
+        start=t0,
+        end=t0 + timedelta(hours=4),
+        before=Transition(t0 - timedelta(hours=1), "unreachable", "ok", "OK (9 ms)", 9, "poll"),
+        transitions=[],
+        latency=[],
+        flapping=False,
+        flapping_since=None,
+    )
+    red_since = t0 + timedelta(hours=3)
+    assert [(b.kind, b.start, b.end) for b in charts.blocks(history, "unreachable", red_since)] == [
+        ("ok", t0, red_since),
+        ("unreachable", red_since, t0 + timedelta(hours=4)),
+    ]
+    # the current colour is the one the history ends with: no extra block
+    assert [b.kind for b in charts.blocks(history, "ok", red_since)] == ["ok"]
+
+
 def test_latency_samples_parse_leniently() -> None:
     hour = datetime(2026, 1, 1, 10)
     assert list(parse_samples(hour, "0:23  60:25 bad 7: :3 3599:1")) == [

@@ -1,4 +1,10 @@
-"""The six bullets: MOR's colours, our labels and one-sentence explanations, drawn as SVG."""
+"""The six bullets: MOR's colours, a shape per status, our labels and explanations, as SVG.
+
+Colour alone does not tell the statuses apart (colour-blind admins; a white
+bullet and a hollow ring at 12 px), so each has its own shape as well. The
+shapes are data: ``svg`` draws them here and ``embed.js`` draws the same
+table in the browser.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from markupsafe import Markup
 
 from mor_plugin.status import KINDS, LAGGED, NONE, OK, UNKNOWN, UNMONITORED, UNREACHABLE
 
-#: fill and edge colour per kind; ``None`` fill draws the hollow ring of NO STATUS
+#: fill and edge colour per kind; NO STATUS is a ring without fill
 COLOURS: dict[str, tuple[str, str]] = {
     OK: ("#22a33a", "#16762a"),
     LAGGED: ("#f5c400", "#b08c00"),
@@ -45,25 +51,61 @@ def tooltip(kind: str, reg_status: Optional[str] = None) -> str:
     return f"{head}: {EXPLANATIONS[kind]}"
 
 
-def svg(kind: str, title: str, size: int = 16, standalone: bool = False) -> Markup:
-    """One bullet; ``standalone`` adds the XML namespace an ``image/svg+xml`` file needs."""
+#: each kind's drawing in a 16-unit box: (element, attributes), painted in order
+SHAPES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
+    # a disc
+    OK: (("circle", {"cx": "8", "cy": "8", "r": "6.5"}),),
+    # a warning triangle
+    LAGGED: (("path", {"d": "M8 1.2 L15.2 14.3 L0.8 14.3 Z", "stroke-linejoin": "round"}),),
+    # a square: stopped answering
+    UNREACHABLE: (("rect", {"x": "2", "y": "2", "width": "12", "height": "12"}),),
+    # a diamond
+    UNKNOWN: (("path", {"d": "M8 0.9 L15.1 8 L8 15.1 L0.9 8 Z"}),),
+    # a white disc crossed by a bar: registered, not measured
+    UNMONITORED: (
+        ("circle", {"cx": "8", "cy": "8", "r": "6.5"}),
+        ("rect", {"x": "3.5", "y": "7", "width": "9", "height": "2", "fill": "#6b6b6b"}),
+    ),
+    # a dashed ring: nothing there
+    NONE: (("circle", {"cx": "8", "cy": "8", "r": "5.5", "stroke-dasharray": "2.4 1.9"}),),
+}
+
+assert set(SHAPES) == set(KINDS)
+
+
+def parts(kind: str) -> list[tuple[str, dict[str, str]]]:
+    """The kind's elements with their colours: the first takes the fill and edge."""
     fill, edge = COLOURS[kind]
-    ring = kind == NONE
-    # Markup.format escapes every argument; the template itself is constant
-    template = Markup(
-        '<svg{} width="{}" height="{}" viewBox="0 0 16 16" role="img" class="bullet bullet-{}" '
-        'aria-label="{}"><title>{}</title><circle cx="8" cy="8" r="{}" fill="{}" stroke="{}" '
-        'stroke-width="{}"/></svg>'
+    width = "1.6" if kind == NONE else "1"
+    drawn = []
+    for index, (tag, attributes) in enumerate(SHAPES[kind]):
+        colours = {"fill": fill, "stroke": edge, "stroke-width": width} if index == 0 else {}
+        drawn.append((tag, colours | attributes))
+    return drawn
+
+
+_ATTRIBUTE = Markup(' {}="{}"')
+_SVG = Markup(
+    '<svg{} width="{}" height="{}" viewBox="0 0 16 16" role="img" class="bullet bullet-{}" '
+    'aria-label="{}"><title>{}</title>{}</svg>'
+)
+
+
+def svg(kind: str, title: str, size: int = 16, standalone: bool = False) -> Markup:
+    """One bullet; ``title`` is its tooltip and accessible name; ``standalone`` adds the XML
+    namespace an ``image/svg+xml`` file needs. Markup.format escapes every value."""
+    body = Markup("").join(
+        Markup("<{}{}/>").format(
+            tag, Markup("").join(_ATTRIBUTE.format(k, v) for k, v in attributes.items())
+        )
+        for tag, attributes in parts(kind)
     )
-    return template.format(
+    return _SVG.format(
         Markup(' xmlns="http://www.w3.org/2000/svg"') if standalone else "",
         size,
         size,
         kind,
-        LABELS[kind],
         title,
-        5.5 if ring else 6.5,
-        fill,
-        edge,
-        2 if ring else 1,
+        title,
+        body,
     )

@@ -58,7 +58,9 @@ def blocks(history: History, current_kind: str, current_since: Optional[datetime
 
     The window starts with the colour of the last change before it, else the
     "from" of the first change in it; with no change at all, the current
-    colour, from when the collector says it began (before that: no data).
+    colour, from when the collector says it began (before that: no data). It
+    ends with the current colour from ``current_since`` when the last recorded
+    change led elsewhere.
     """
     start, end = history.start, history.end
     known_from = start
@@ -80,6 +82,10 @@ def blocks(history: History, current_kind: str, current_since: Optional[datetime
             out.append(Block(cursor, at, kind))
             cursor = at
         kind = _kind(change.to_status)
+    if kind != current_kind and current_since is not None and cursor < current_since < end:
+        # the colour changed without a recorded transition (another writer): from its since
+        out.append(Block(cursor, current_since, kind))
+        cursor, kind = current_since, current_kind
     if end > cursor:
         out.append(Block(cursor, end, kind))
     return out

@@ -132,28 +132,41 @@ WRONG_SERVER = (
     .order_by(_ws.c.last_seen.desc())
 )
 
-_user_sip = (_d.c.user_id == bindparam("user_id")) & (_d.c.device_type == "SIP")
-USER_COUNTS_WITH_STATE = (
-    select(
-        _d.c.reg_status,
-        func.count().label("n"),
-        func.min(_run.c.last_success).label("oldest_success"),
-        func.sum(case((_run.c.last_success.is_(None), 1), else_=0)).label("never"),
+_sip = _d.c.device_type == "SIP"
+
+
+def _counts_with_state(where: Any) -> Any:
+    return (
+        select(
+            _d.c.reg_status,
+            func.count().label("n"),
+            func.min(_run.c.last_success).label("oldest_success"),
+            func.sum(case((_run.c.last_success.is_(None), 1), else_=0)).label("never"),
+        )
+        .select_from(_d.outerjoin(_run, _run.c.server_id == _d.c.server_id))
+        .where(where)
+        .group_by(_d.c.reg_status)
     )
-    .select_from(_d.outerjoin(_run, _run.c.server_id == _d.c.server_id))
-    .where(_user_sip)
-    .group_by(_d.c.reg_status)
-)
-USER_COUNTS_ONLY = (
-    select(
-        _d.c.reg_status,
-        func.count().label("n"),
-        null().label("oldest_success"),
-        func.count().label("never"),
+
+
+def _counts_only(where: Any) -> Any:
+    return (
+        select(
+            _d.c.reg_status,
+            func.count().label("n"),
+            null().label("oldest_success"),
+            func.count().label("never"),
+        )
+        .where(where)
+        .group_by(_d.c.reg_status)
     )
-    .where(_user_sip)
-    .group_by(_d.c.reg_status)
-)
+
+
+_user_sip = (_d.c.user_id == bindparam("user_id")) & _sip
+USER_COUNTS_WITH_STATE = _counts_with_state(_user_sip)
+USER_COUNTS_ONLY = _counts_only(_user_sip)
+ALL_COUNTS_WITH_STATE = _counts_with_state(_sip)
+ALL_COUNTS_ONLY = _counts_only(_sip)
 
 #: the columns of mor_regstatus_servers in schema 1 (later ones may be missing)
 _RUN_V1_COLUMNS = tuple(
@@ -517,6 +530,7 @@ class ListedDevice:
     reg_status: Optional[str]
     kind: str
     since: Optional[datetime]
+    last_seen: Optional[datetime]
 
 
 @dataclass(frozen=True)
@@ -552,6 +566,9 @@ def fleet_server(
     )
 
 
+_NO_STATE_COLUMNS = (null().label("since"), null().label("last_seen"), null().label("state_status"))
+
+
 def device_list_statements(status: Optional[str], tier: Optional[str]) -> tuple[Any, Any]:
     """(rows, count) statements for a server's device list with the tables of ``tier``."""
     if status == WRONG_SERVER_FILTER:
@@ -560,6 +577,7 @@ def device_list_statements(status: Optional[str], tier: Optional[str]) -> tuple[
             *(c for c in _LIST_COLUMNS if c.name != "reg_status"),
             _ws.c.reg_status,
             _ws.c.first_seen.label("since"),
+            _ws.c.last_seen,
             literal(None).label("state_status"),
         )
         source: Any = _d.join(_ws, _ws.c.device_id == _d.c.id)
@@ -569,19 +587,24 @@ def device_list_statements(status: Optional[str], tier: Optional[str]) -> tuple[
         if tier is None:
             where = false()
             source = _d
-            columns = (*_LIST_COLUMNS, null().label("since"), null().label("state_status"))
+            columns = (*_LIST_COLUMNS, *_NO_STATE_COLUMNS)
     else:
         where = _on_server
         if status in KINDS:
             where = and_(where, kind_condition(status))
         if tier is None:
             source = _d
-            columns = (*_LIST_COLUMNS, null().label("since"), null().label("state_status"))
+            columns = (*_LIST_COLUMNS, *_NO_STATE_COLUMNS)
             if status == FLAPPING_FILTER:
                 where = false()
         else:
             source = _d.outerjoin(_st, _st.c.device_id == _d.c.id)
-            columns = (*_LIST_COLUMNS, _st.c.since, _st.c.status.label("state_status"))
+            columns = (
+                *_LIST_COLUMNS,
+                _st.c.since,
+                _st.c.last_seen,
+                _st.c.status.label("state_status"),
+            )
             if status == FLAPPING_FILTER:
                 where = and_(where, _st.c.flapping == true()) if tier == HISTORY else false()
     rows = select(*columns).select_from(source).where(where).order_by(_d.c.id)
@@ -602,6 +625,7 @@ def listed_device(row: Mapping[Any, Any]) -> ListedDevice:
         kind=kind,
         # "since" belongs to the colour the collector recorded (see device_status)
         since=row["since"] if state_status is None or state_status == kind else None,
+        last_seen=row["last_seen"],
     )
 
 
@@ -733,7 +757,9 @@ class Database:
 
         return self._with_own_tables(with_state, lambda conn: [])
 
-    def user_counts(self, user_id: int) -> Counts:
+    def user_counts(self, user_id: Optional[int]) -> Counts:
+        """The SIP devices of one user per kind; of every user when ``user_id`` is None."""
+
         def run(statement: Any) -> Callable[[Connection], Counts]:
             def query(conn: Connection) -> Counts:
                 rows = conn.execute(statement, {"user_id": user_id}).all()
@@ -746,6 +772,8 @@ class Database:
 
             return query
 
+        if user_id is None:
+            return self._with_own_tables(run(ALL_COUNTS_WITH_STATE), run(ALL_COUNTS_ONLY))
         return self._with_own_tables(run(USER_COUNTS_WITH_STATE), run(USER_COUNTS_ONLY))
 
     def server_summary(self, server_id: int) -> Optional[ServerSummary]:

@@ -32,9 +32,9 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import make_server
 
 from mor_plugin import schema
-from mor_plugin.status import plain_digits
+from mor_plugin.status import kind_of, plain_digits
 
-from . import create_app
+from . import bullets, create_app
 from .signing import sign_url
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,43 @@ def create_mor_app(db_url: str, widget_base: str, secret: Optional[str]) -> Flas
             ).all()
         return list(rows), max(1, -(-int(total) // PAGE_SIZE))
 
+    def device_list(title: str, where: Any, legend_path: str) -> Any:
+        """A device list; ``?bullets=script`` draws its bullets with embed.js from one signed
+        JSON request instead of one signed ``<img>`` per row."""
+        page = page_number()
+        rows, pages = page_of(where, page)
+        by_script = request.args.get("bullets") == "script"
+        ids = ",".join(str(row.id) for row in rows)
+        return render_template(
+            "demo_devices.html",
+            title=title,
+            rows=rows,
+            page=page + 1,
+            pages=pages,
+            legend_url=widget(legend_path),
+            bullets_api=widget(f"/api/v1/devices/status?ids={ids}") if by_script and ids else None,
+            page_query="bullets=script&" if by_script else "",
+        )
+
     def page_number() -> int:
         number = plain_digits(request.args.get("page", "1"))
         return max(0, number - 1) if number is not None else 0
 
+    def status_words(reg_status: Optional[str]) -> tuple[str, str]:
+        """A bullet's alt text and tooltip, from the status MOR's own row holds."""
+        kind = kind_of(reg_status)
+        return reg_status or bullets.LABELS[kind], bullets.tooltip(kind, reg_status)
+
     @app.context_processor
     def helpers() -> dict[str, Any]:
-        return {"widget": widget, "users": USERS, "servers": SERVERS}
+        return {
+            "widget": widget,
+            # embed.js holds no device data: not signed, one URL for every page to cache
+            "embed_js": widget_base + "/embed.js",
+            "status_words": status_words,
+            "users": USERS,
+            "servers": SERVERS,
+        }
 
     @app.get("/")
     def home() -> Any:
@@ -87,29 +117,12 @@ def create_mor_app(db_url: str, widget_base: str, secret: Optional[str]) -> Flas
 
     @app.get("/billing/devices/devices_all")
     def devices_all() -> Any:
-        page = page_number()
-        rows, pages = page_of(d.c.id > 0, page)
-        return render_template(
-            "demo_devices.html",
-            title="Devices",
-            rows=rows,
-            page=page + 1,
-            pages=pages,
-            legend_url=None,
-        )
+        return device_list("Devices", d.c.id > 0, "/devices/status")
 
     @app.get("/billing/devices/show_devices/<int:user_id>")
     def show_devices(user_id: int) -> Any:
-        page = page_number()
-        rows, pages = page_of(d.c.user_id == user_id, page)
-        return render_template(
-            "demo_devices.html",
-            title=f"Devices of {USERS.get(user_id, user_id)}",
-            rows=rows,
-            page=page + 1,
-            pages=pages,
-            legend_url=widget(f"/users/{user_id}/devices/status"),
-        )
+        title = f"Devices of {USERS.get(user_id, user_id)}"
+        return device_list(title, d.c.user_id == user_id, f"/users/{user_id}/devices/status")
 
     @app.get("/billing/devices/device_edit/<int:device_id>")
     def device_edit(device_id: int) -> Any:
@@ -118,6 +131,11 @@ def create_mor_app(db_url: str, widget_base: str, secret: Optional[str]) -> Flas
         if row is None:
             abort(404)
         return render_template("demo_device_edit.html", title=f"Device {row.name}", row=row)
+
+    @app.get("/billing/registration_status/servers")
+    def servers_page() -> Any:
+        """The widget's servers page inside MOR's own page, so its top bar stays."""
+        return render_template("demo_servers.html", title="Registration status: servers")
 
     return app
 
@@ -244,6 +262,13 @@ def seed_history(db_url: str, devices: int = 5, now: Optional[datetime] = None) 
         with engine.begin() as conn:
             conn.execute(schema.history.insert(), changes)
             conn.execute(schema.latency.insert(), samples)
+            # their colour began with the last seeded change, as a collector would record it
+            last_change = this_hour - timedelta(hours=DEMO_CHANGES[-1][0])
+            conn.execute(
+                schema.device_state.update()
+                .where(schema.device_state.c.device_id.in_(device_ids))
+                .values(since=last_change)
+            )
     except SQLAlchemyError as error:  # a collector without history tables: nothing to show
         log.warning("no demo history: %s", str(error).splitlines()[0])
     finally:

@@ -110,6 +110,8 @@ def device_status_page(device_id: str) -> Any:
     db = get_db()
     sightings = db.wrong_server(device.id)
     history = db.history(device.id, now - timedelta(hours=STRIP_HOURS), now)
+    # one "since" for the words and the strip: when the current colour began
+    since = colour_since(device, history)
     return render_template(
         "status.html",
         device=device,
@@ -120,22 +122,24 @@ def device_status_page(device_id: str) -> Any:
         label=bullets.LABELS[device.kind],
         explanation=bullets.EXPLANATIONS[device.kind],
         refresh=current_app.config["MOR_WIDGET_REFRESH"],
-        since=device.since or last_change_to(history, device.kind),
+        since=since,
         history=history,
         strip_hours=STRIP_HOURS,
-        strip=charts.strip(history, device.kind, device.since) if history.available else None,
+        strip=charts.strip(history, device.kind, since) if history.available else None,
         sparkline=charts.sparkline(history),
         latency_range=latency_range(history),
         contacts=db.contacts(device.id),
     )
 
 
-def last_change_to(history: History, kind: str) -> Optional[datetime]:
-    """When the device last turned ``kind``, if the history says so."""
+def colour_since(device: DeviceStatus, history: History) -> Optional[datetime]:
+    """When the device turned its current colour: its last change in the history when that
+    change led to this colour (the strip draws from it), else since when the collector has
+    recorded the colour (a first sighting is a baseline, not a change)."""
     changes = history.transitions or ([history.before] if history.before else [])
-    if changes and changes[-1].to_status == kind:
+    if changes and changes[-1].to_status == device.kind:
         return changes[-1].at
-    return None
+    return device.since
 
 
 def latency_range(history: History) -> Optional[tuple[int, int]]:
@@ -166,8 +170,18 @@ def svg_response(body: Markup, status: int = 200) -> Response:
 
 @bp.get("/users/<user_id>/devices/status")
 def user_legend(user_id: str) -> Any:
-    uid = parse_id(user_id, "user id")
-    counts = get_db().user_counts(uid)
+    return legend(parse_id(user_id, "user id"))
+
+
+@bp.get("/devices/status")
+@cached(lambda: "all")
+def all_devices_legend() -> Any:
+    """The legend of MOR's list of all devices."""
+    return legend(None)
+
+
+def legend(user_id: Optional[int]) -> Any:
+    counts = get_db().user_counts(user_id)
     now = utcnow()
     stale_after = current_app.config["MOR_WIDGET_STALE_AFTER"]
     oldest = counts.oldest_success
@@ -368,8 +382,20 @@ def healthz() -> Any:
     return Response("ok\n", mimetype="text/plain")
 
 
+#: what embed.js draws, from the same table as the widget's own pages
+EMBED_BULLETS = {
+    kind: {
+        "label": bullets.LABELS[kind],
+        "explanation": bullets.EXPLANATIONS[kind],
+        "parts": bullets.parts(kind),
+    }
+    for kind in KINDS
+}
+
+
 @bp.get("/embed.js")
 def embed_js() -> Any:
-    response = current_app.send_static_file("embed.js")
+    body = render_template("embed.js", bullets=EMBED_BULLETS)
+    response = Response(body, mimetype="text/javascript")
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
