@@ -743,6 +743,13 @@ def test_bad_settings_are_refused(settings: dict[str, str], complaint: str) -> N
         create_app(settings)
 
 
+def test_a_database_url_that_does_not_parse_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as raised:
+        create_app({"MOR_WIDGET_DB_URL": "mysql+pymysql//mor:Db-pa55word@db1/mor"})
+    assert "not a SQLAlchemy URL" in str(raised.value)
+    assert "pa55word" not in str(raised.value)
+
+
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOR_WIDGET_DB_URL", "sqlite://")
     monkeypatch.setenv("MOR_WIDGET_SECRET", "abc")

@@ -117,7 +117,11 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     try:
         make_url(str(url))
     except ArgumentError:
-        raise ConfigError(f"MOR_WIDGET_DB_URL is not a SQLAlchemy URL: {url!r}") from None
+        # not echoed: a URL that does not parse cannot be masked, and may hold a password
+        raise ConfigError(
+            "MOR_WIDGET_DB_URL is not a SQLAlchemy URL"
+            " (dialect+driver://user:password@host:port/database)"
+        ) from None
     for key in _INTEGER_KEYS:
         try:
             values[key] = int(values[key])
