@@ -10,11 +10,13 @@ iframe on a user's devices, the status iframe on the device edit page.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import random
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -29,7 +31,7 @@ from flask import Flask, abort, redirect, render_template, request, url_for
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
-from werkzeug.serving import make_server
+from werkzeug.serving import BaseWSGIServer, get_sockaddr, make_server, select_address_family
 
 from mor_plugin import schema
 from mor_plugin.status import kind_of, plain_digits
@@ -338,8 +340,62 @@ def demo_app(db_url: str, secret: str, stale_after: int = 60) -> Flask:
     return mor
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+#: what stops the demo: Ctrl-C, and the SIGTERM of a service manager or of make (which
+#: passes a SIGTERM it gets on to the demo, so one stop may bring two)
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def block_stop_signals() -> None:
+    """Keep :data:`STOP_SIGNALS` from this thread and every thread it starts from now on.
+
+    The main thread takes the first with :func:`signal.sigwait` and stops everything
+    itself: no exception lands in the middle of a thread's join. Later ones stay pending,
+    never delivered, however far the process is in exiting (they are never unblocked:
+    this is for the process's own ``main``). A stop signal sent during start-up stops the
+    demo once it is up.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The web server's socket, bound before anything starts; raises OSError."""
+    family = select_address_family(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(get_sockaddr(host, port, family))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def cannot_listen(host: str, port: int, err: OSError) -> str:
+    """One line for a port the demo cannot have, saying how to choose another."""
+    message = f"widget.demo: cannot listen on {host}:{port}: {err.strerror or err}"
+    if err.errno in (errno.EADDRINUSE, errno.EACCES):
+        other = port + 1 if port < 65535 else 8081
+        message += (
+            f" -- choose another port: make demo PORT={other}"
+            f" (or python -m widget.demo --port {other})"
+        )
+    return message
+
+
+@contextmanager
+def serving(server: BaseWSGIServer) -> Iterator[None]:
+    """``server`` answering in a thread until the block ends."""
+    # a short poll: shutdown() waits for the serving loop to look up
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="web", daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        thread.join(5)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -368,8 +424,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     console.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(console)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    # a service manager's SIGTERM stops the demo as cleanly as Ctrl-C
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C and a service manager's SIGTERM stop the demo alike, quietly, with status 0
+    block_stop_signals()
     if args.data_dir:
         args.data_dir.mkdir(parents=True, exist_ok=True)
         return serve(args, args.data_dir)
@@ -381,6 +437,11 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
     """Everything running until Ctrl-C; files in ``data_dir``."""
     from mor_plugin.simulator import AmiSimulator, run_in_thread
 
+    try:
+        sock = listen(args.host, args.port)  # before anything starts: a port in use fails at once
+    except OSError as err:
+        print(cannot_listen(args.host, args.port, err), file=sys.stderr)
+        return 1
     db_url = f"sqlite:///{data_dir.resolve() / 'mor.sqlite'}"
     peers = demo_peers(args.peers)
     # the never-registered device has no peer; everything else registers
@@ -395,8 +456,9 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
             print(f"the first collector run failed ({code}); see {data_dir}", file=sys.stderr)
         seed_history(db_url)
         mor = demo_app(db_url, widget_secret, stale_after=max(60, int(args.interval * 6)))
-        server = make_server(args.host, args.port, mor, threaded=True)
-        base = f"http://{args.host}:{server.server_port}"
+        server = make_server(args.host, args.port, mor, threaded=True, fd=sock.fileno())
+        sock.close()  # the server has its own copy
+        base = f"http://{args.host}:{server.port}"
         print(
             f"\nMOR registration status demo ({len(peers)} simulated peers, data in {data_dir})\n"
             f"  device list:  {base}/billing/devices/devices_all\n"
@@ -407,14 +469,9 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
             "Ctrl-C stops everything.\n",
             flush=True,
         )
-        with collector_loop(conf, args.interval):
-            try:
-                server.serve_forever()  # returns on Ctrl-C (werkzeug catches it)
-            except KeyboardInterrupt:
-                pass
-            finally:
-                server.server_close()
-                print("\nstopping the collector and the simulator ...", flush=True)
+        with collector_loop(conf, args.interval), serving(server):
+            signal.sigwait(STOP_SIGNALS)
+            print("\nstopping the web server, the collector and the simulator ...", flush=True)
     return 0
 
 
