@@ -57,6 +57,8 @@ from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Callable, NoReturn, Optional
 
+from . import __version__
+
 log = logging.getLogger(__name__)
 
 
@@ -1531,9 +1533,10 @@ def realistic_endpoints(n: int, *, seed: int = 0, prefix: str = "") -> list[SimE
 
 async def _serve_forever(sim: AmiSimulator) -> None:
     await sim.start()
+    endpoints = f" and {len(sim.endpoints)} PJSIP endpoints" if sim.endpoints else ""
     print(
         f"AMI simulator (Asterisk {sim.version}) listening on {sim.host}:{sim.port}"
-        f" with {len(sim.peers)} peers",
+        f" with {len(sim.peers)} peers{endpoints}",
         flush=True,
     )
     stop = asyncio.Event()
@@ -1547,31 +1550,63 @@ async def _serve_forever(sim: AmiSimulator) -> None:
         await sim.stop()
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """``mor-ami-simulator``: serve a fake Asterisk AMI until Ctrl-C/SIGTERM."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mor-ami-simulator",
-        description="A fake Asterisk Manager Interface with chan_sip peers, for tests and demos.",
+        description="A fake Asterisk Manager Interface for tests and demos. It serves chan_sip"
+        " peers (SIPpeers, SIPshowpeer: Asterisk 1.4 to 20) and PJSIP endpoints"
+        " (PJSIPShowEndpoints and PJSIPShowEndpoint from 13, PJSIPShowContacts from 16),"
+        " each as the chosen Asterisk version answers it; 21 and 22 have no chan_sip, so"
+        " their --peers are not listed.",
     )
     parser.add_argument(
-        "--host", default="127.0.0.1", help="loopback address (default %(default)s)"
+        "--host", default="127.0.0.1", help="loopback address to listen on (default %(default)s)"
     )
-    parser.add_argument("--port", type=int, default=5038, help="TCP port (default %(default)s)")
-    parser.add_argument("--peers", type=int, default=100, help="number of SIP peers")
     parser.add_argument(
-        "--endpoints", type=int, default=0, help="number of PJSIP endpoints (Asterisk 13+)"
+        "--port", type=int, default=5038, help="TCP port, 0 for any free one (default %(default)s)"
     )
-    parser.add_argument("--version", default="11", help=f"Asterisk version: {', '.join(VERSIONS)}")
+    parser.add_argument(
+        "--peers", type=int, default=100, help="chan_sip peers (default %(default)s)"
+    )
+    parser.add_argument(
+        "--endpoints",
+        type=int,
+        default=0,
+        help="PJSIP endpoints, Asterisk 13 and later (default %(default)s)",
+    )
+    parser.add_argument(
+        "--asterisk",
+        default="11",
+        metavar="VERSION",
+        help=f"the Asterisk version to imitate: {', '.join(VERSIONS)}, or a release such as"
+        " 16.28.0 (default %(default)s)",
+    )
     parser.add_argument("--username", default="mor", help="AMI user (default %(default)s)")
     parser.add_argument("--secret", default="morsecret", help="AMI secret (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of peers and drift")
-    parser.add_argument("--drift", action="store_true", help="latencies change between lists")
-    parser.add_argument("--debug", action="store_true", help="log every connection")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the peers and their drift (default %(default)s)",
+    )
+    parser.add_argument(
+        "--drift", action="store_true", help="latencies change between lists (default: fixed)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="log every connection (default: warnings only)"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``mor-ami-simulator``: serve a fake Asterisk AMI until Ctrl-C/SIGTERM."""
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
         sim = AmiSimulator(
             realistic_peers(args.peers, seed=args.seed),
-            version=args.version,
+            version=args.asterisk,
             username=args.username,
             secret=args.secret,
             host=args.host,

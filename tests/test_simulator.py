@@ -16,14 +16,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
 from recorded_ami import RECORDED, Pairs, Transcript, parse, split_messages, transcript
 
+import mor_plugin
 from mor_plugin.simulator import (
     VERSIONS,
     AmiSimulator,
@@ -755,31 +757,82 @@ def test_realistic_peers_are_a_deterministic_mix():
             assert p.ip.startswith(("10.", "192.168.")) and 5060 <= p.port <= 5099
 
 
-def test_main_rejects_an_unknown_version(capsys):
-    assert main(["--version", "9"]) == 2
-    assert "unsupported Asterisk version" in capsys.readouterr().err
+def test_main_rejects_an_unknown_asterisk_version(capsys):
+    assert main(["--asterisk", "9"]) == 2
+    assert "unsupported Asterisk version '9'" in capsys.readouterr().err
 
 
-def test_command_line_serves_until_sigterm():
-    command = [sys.executable, "-m", "mor_plugin.simulator", "--port", "0", "--peers", "7"]
+def test_version_prints_the_programs_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"mor-ami-simulator {mor_plugin.__version__}\n"
+
+
+def test_help_names_both_channel_drivers_and_every_default():
+    script = Path(sys.executable).with_name("mor-ami-simulator")
+    shown = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "chan_sip peers" in text and "PJSIP endpoints" in text
+    for option, default in [
+        ("--host HOST", "127.0.0.1"),
+        ("--port PORT", "5038"),
+        ("--peers PEERS", "100"),
+        ("--endpoints ENDPOINTS", "0"),
+        ("--asterisk VERSION", "11"),
+        ("--username USERNAME", "mor"),
+        ("--secret SECRET", "morsecret"),
+        ("--seed SEED", "0"),
+    ]:
+        described = text.split(f" {option} ", 1)[1].split(" --", 1)[0]
+        assert described.endswith(f"(default {default})"), (option, described)
+
+
+@contextmanager
+def simulator_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
+    """``python -m mor_plugin.simulator --port 0 ARGS``: the process, the line it prints once
+    it listens, and its port; killed if the test leaves it running."""
+    command = [sys.executable, "-m", "mor_plugin.simulator", "--port", "0", *args]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline().strip()
-            m = re.fullmatch(
-                r"AMI simulator \(Asterisk 11\) listening on 127\.0\.0\.1:(\d+) with 7 peers",
-                line,
-            )
-            assert m, line
-            client = AmiClient(int(m.group(1)))
-            client.login()
-            assert len(client.sippeers()[1]) == 7
-            client.close()
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
+            port = re.search(r"listening on 127\.0\.0\.1:(\d+) ", line)
+            assert port, line
+            yield proc, line, int(port.group(1))
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_command_line_serves_until_sigterm():
+    with simulator_process("--peers", "7") as (proc, line, port):
+        assert re.fullmatch(
+            r"AMI simulator \(Asterisk 11\) listening on 127\.0\.0\.1:\d+ with 7 peers", line
+        )
+        client = AmiClient(port)
+        client.login()
+        assert len(client.sippeers()[1]) == 7
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_command_line_imitates_the_asterisk_version_it_is_given():
+    with simulator_process("--asterisk", "22", "--peers", "3", "--endpoints", "4") as running:
+        proc, line, port = running
+        assert line.endswith("with 3 peers and 4 PJSIP endpoints")
+        client = AmiClient(port)
+        assert client.banner == BANNERS["22"]
+        client.login()
+        client.send("SIPpeers")
+        assert get(client.read(), "Response") == "Error"  # no chan_sip in 22
+        client.send("PJSIPShowEndpoints")
+        assert get(client.read(), "Response") == "Success"
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
 
 
 # -- conformance with traffic recorded from Debian's real Asterisk 16 and 22 ---------------
