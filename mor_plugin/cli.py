@@ -22,6 +22,7 @@ import os
 import stat
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,7 +36,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, notify, pjsip, store, textfile
 from .ami import AmiEndpoint, AmiError, PeerList, get_peer_list
-from .config import ConfigError, Settings, load_settings
+from .config import (
+    DEFAULT_LOCK_FILE,
+    DEFAULT_LOG_FILE,
+    DEFAULT_STATE_FILE,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 from .status import (
     KINDS,
     Device,
@@ -56,6 +64,22 @@ EXIT_AMI = 3
 EXIT_DATABASE = 4
 
 DEFAULT_CONFIG = Path("/var/lib/asterisk/agi-bin/mor.conf")
+
+#: what each exit code means, as README's "Exit codes" table says it (``--help`` lists them)
+EXIT_CODES = (
+    (EXIT_OK, "done, or another run holds the lock (this one exits quietly)"),
+    (EXIT_UNEXPECTED, "unexpected error (the traceback is in the log file)"),
+    (
+        EXIT_CONFIG,
+        "configuration: a bad value in mor.conf, a missing file, an unwritable log or lock path",
+    ),
+    (
+        EXIT_AMI,
+        "Asterisk: AMI unreachable, login refused, the peer list cut, hung or inconsistent,"
+        " or the channel driver of peer_source absent",
+    ),
+    (EXIT_DATABASE, "database: unreachable, refused, or failed mid-write (all rolled back)"),
+)
 
 
 class RunFailed(Exception):
@@ -100,17 +124,45 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def _epilog() -> str:
+    """The exit codes as a table, each meaning wrapped under its own column."""
+    lines = ["exit codes:"]
+    for code, meaning in EXIT_CODES:
+        lines += textwrap.wrap(
+            meaning, width=79, initial_indent=f"  {code}  ", subsequent_indent=" " * 5
+        )
+    lines.append("")
+    lines += textwrap.wrap(
+        "--watch exits 0 on SIGTERM or SIGINT, 3 when Asterisk refuses its login, 2 or 4"
+        " when it cannot start. A run that succeeds prints nothing without -v or --json,"
+        " so cron mails only failures (and a misspelled key of mor.conf).",
+        width=79,
+    )
+    return "\n".join(lines)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description and epilog as written (the exit codes are a table); option help
+    wrapped without breaking a path at its hyphens (``agi-bin``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mor-retrieve-peers",
-        description="Write the registration status of this Asterisk server's SIP devices "
+        description="Write the registration status of this Asterisk server's SIP devices\n"
         "into the MOR database.",
+        epilog=_epilog(),
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "--config",
         type=Path,
         default=DEFAULT_CONFIG,
-        help=f"mor.conf to read (default {DEFAULT_CONFIG})",
+        metavar="PATH",
+        help="mor.conf to read (default %(default)s)",
     )
     parser.add_argument(
         "--dry-run",
@@ -137,9 +189,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print a one-line summary (cron stays quiet without it)",
     )
-    parser.add_argument("--log-file", type=Path, help="overrides log_file of mor.conf")
-    parser.add_argument("--state-file", type=Path, help="overrides state_file of mor.conf")
-    parser.add_argument("--lock-file", type=Path, help="overrides lock_file of mor.conf")
+    for option, key, default in (
+        ("--log-file", "log_file", DEFAULT_LOG_FILE),
+        ("--state-file", "state_file", DEFAULT_STATE_FILE),
+        ("--lock-file", "lock_file", DEFAULT_LOCK_FILE),
+    ):
+        parser.add_argument(
+            option,
+            type=Path,
+            metavar="PATH",
+            help=f"overrides {key} of mor.conf (default: mor.conf's, else {default})",
+        )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

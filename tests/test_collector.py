@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -637,3 +639,31 @@ def test_mors_own_keys_of_mor_conf_keep_a_run_silent(
     done = run_installed(conf)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert "WARNING" not in (tmp_path / "log" / "ami_debug.log").read_text()
+
+
+def test_help_lists_the_exit_codes_of_the_readme_and_the_defaults() -> None:
+    script = Path(sys.executable).with_name("mor-retrieve-peers")
+    shown = subprocess.run(
+        [str(script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    # a table: "  <code>  <meaning>", a longer meaning continued under its own column
+    listed = re.findall(r"^  (\d)  (\w+)", shown.stdout.split("exit codes:\n", 1)[1], re.M)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("### Exit codes", 1)[1].split("\n\n")[1]
+    assert listed == re.findall(r"^\| (\d) \| (\w+)", table, re.M)
+    assert [code for code, _ in listed] == ["0", "1", "2", "3", "4"]
+    assert all(len(line) <= 80 for line in shown.stdout.splitlines())
+    text = " ".join(shown.stdout.split())
+    assert "mor.conf to read (default /var/lib/asterisk/agi-bin/mor.conf)" in text
+    for option, default in [
+        ("--log-file", "/var/log/mor/ami_debug.log"),
+        ("--state-file", "/var/lib/mor-regstatus/state.json"),
+        ("--lock-file", "/run/mor_retrieve_peers.lock"),
+    ]:
+        assert f"{option} PATH overrides" in text
+        assert f"(default: mor.conf's, else {default})" in text
