@@ -45,9 +45,14 @@ EXPLANATIONS: dict[str, str] = {
 assert set(COLOURS) == set(LABELS) == set(EXPLANATIONS) == set(KINDS)
 
 
+#: the kinds whose tooltip starts with Asterisk's own text (``LAGGED (2616 ms)``), which
+#: says more than the label; embed.js follows the same rule
+HEADED_BY_REG_STATUS = frozenset({OK, LAGGED})
+
+
 def tooltip(kind: str, reg_status: Optional[str] = None) -> str:
     """``UNREACHABLE: Stopped answering ...`` (with Asterisk's raw text when it says more)."""
-    head = reg_status if reg_status and kind in (OK, LAGGED) else LABELS[kind]
+    head = reg_status if reg_status and kind in HEADED_BY_REG_STATUS else LABELS[kind]
     return f"{head}: {EXPLANATIONS[kind]}"
 
 
@@ -73,7 +78,7 @@ SHAPES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
 assert set(SHAPES) == set(KINDS)
 
 
-def parts(kind: str) -> list[tuple[str, dict[str, str]]]:
+def _parts(kind: str) -> list[tuple[str, dict[str, str]]]:
     """The kind's elements with their colours: the first takes the fill and edge."""
     fill, edge = COLOURS[kind]
     width = "1.6" if kind == NONE else "1"
@@ -84,7 +89,20 @@ def parts(kind: str) -> list[tuple[str, dict[str, str]]]:
     return drawn
 
 
+#: each kind's elements, coloured: what svg() writes and embed.js builds
+PARTS = {kind: _parts(kind) for kind in KINDS}
+
 _ATTRIBUTE = Markup(' {}="{}"')
+#: each kind's drawing as SVG markup, written once (Markup.format escapes every value)
+_BODIES = {
+    kind: Markup("").join(
+        Markup("<{}{}/>").format(
+            tag, Markup("").join(_ATTRIBUTE.format(k, v) for k, v in attributes.items())
+        )
+        for tag, attributes in parts
+    )
+    for kind, parts in PARTS.items()
+}
 _SVG = Markup(
     '<svg{} width="{}" height="{}" viewBox="0 0 16 16" role="img" class="bullet bullet-{}" '
     'aria-label="{}"><title>{}</title>{}</svg>'
@@ -94,12 +112,6 @@ _SVG = Markup(
 def svg(kind: str, title: str, size: int = 16, standalone: bool = False) -> Markup:
     """One bullet; ``title`` is its tooltip and accessible name; ``standalone`` adds the XML
     namespace an ``image/svg+xml`` file needs. Markup.format escapes every value."""
-    body = Markup("").join(
-        Markup("<{}{}/>").format(
-            tag, Markup("").join(_ATTRIBUTE.format(k, v) for k, v in attributes.items())
-        )
-        for tag, attributes in parts(kind)
-    )
     return _SVG.format(
         Markup(' xmlns="http://www.w3.org/2000/svg"') if standalone else "",
         size,
@@ -107,5 +119,5 @@ def svg(kind: str, title: str, size: int = 16, standalone: bool = False) -> Mark
         kind,
         title,
         title,
-        body,
+        _BODIES[kind],
     )

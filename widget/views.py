@@ -387,7 +387,8 @@ EMBED_BULLETS = {
     kind: {
         "label": bullets.LABELS[kind],
         "explanation": bullets.EXPLANATIONS[kind],
-        "parts": bullets.parts(kind),
+        "parts": bullets.PARTS[kind],
+        "headed_by_reg_status": kind in bullets.HEADED_BY_REG_STATUS,
     }
     for kind in KINDS
 }

@@ -25,7 +25,7 @@
   var widgetOrigin = script ? new URL(script.src, document.baseURI).origin : null;
 
   function tooltip(kind, regStatus, stale) {
-    var head = regStatus && (kind === "ok" || kind === "lagged") ? regStatus : BULLETS[kind].label;
+    var head = regStatus && BULLETS[kind].headed_by_reg_status ? regStatus : BULLETS[kind].label;
     var text = head + ": " + BULLETS[kind].explanation;
     return stale ? text + " The data is old." : text;
   }
