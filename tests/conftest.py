@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -138,6 +139,33 @@ class MorDatabase:
         cols = ", ".join(f"`{k}`" for k in values)
         binds = ", ".join(f":{k}" for k in values)
         self.execute(f"INSERT INTO devices ({cols}) VALUES ({binds})", **values)
+
+    def add_sighting(
+        self,
+        device_id: int,
+        peer_name: str,
+        seen_on: int,
+        assigned: int,
+        reg_status: str,
+        first_seen: datetime,
+        last_seen: datetime,
+        **columns: Any,
+    ) -> None:
+        """A row of mor_regstatus_wrong_server: the device registered on server ``seen_on``
+        although MOR assigns it to ``assigned``."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                schema.wrong_server.insert().values(
+                    device_id=device_id,
+                    peer_name=peer_name,
+                    seen_on_server_id=seen_on,
+                    assigned_server_id=assigned,
+                    reg_status=reg_status,
+                    first_seen=first_seen,
+                    last_seen=last_seen,
+                    **columns,
+                )
+            )
 
     def reg_statuses(self) -> dict[str, Optional[str]]:
         """``devices.name`` -> ``devices.reg_status`` for every device."""

@@ -160,24 +160,19 @@ def fill(db: MorDatabase) -> None:
             qualify="no" if reg_status == "Unmonitored" else "yes",
         )
     db.add_device(ROAMER, "roaming-phone", server_id=2, user_id=3, description="Travels")
-    with db.engine.begin() as conn:
-        conn.execute(
-            schema.wrong_server.insert(),
-            [
-                {
-                    "device_id": ROAMER,
-                    "seen_on_server_id": seen_on,
-                    "assigned_server_id": 2,
-                    "peer_name": "roaming-phone",
-                    "reg_status": "OK (41 ms)",
-                    "ip": "203.0.113.50",
-                    "port": 5062,
-                    "first_seen": NOW - timedelta(minutes=30),
-                    "last_seen": NOW - timedelta(minutes=minutes),
-                }
-                for seen_on, minutes in ((1, 0), (3, 12))
-            ],
+    for seen_on, minutes in ((1, 0), (3, 12)):
+        db.add_sighting(
+            ROAMER,
+            "roaming-phone",
+            seen_on=seen_on,
+            assigned=2,
+            reg_status="OK (41 ms)",
+            first_seen=NOW - timedelta(minutes=30),
+            last_seen=NOW - timedelta(minutes=minutes),
+            ip="203.0.113.50",
+            port=5062,
         )
+    with db.engine.begin() as conn:
         conn.execute(
             schema.device_state.insert().values(
                 device_id=1,
@@ -459,18 +454,15 @@ def test_status_box_grows_when_a_refresh_adds_a_warning(sites: Sites, page: Any)
     assert frame.locator(".word").inner_text() == "OK"
     assert_frame_fits(page, "iframe.mor-regstatus")
     before = page.locator("iframe.mor-regstatus").bounding_box()["height"]
-    with sites.db.engine.begin() as conn:
-        conn.execute(
-            schema.wrong_server.insert().values(
-                device_id=1,
-                seen_on_server_id=2,
-                assigned_server_id=1,
-                peer_name="green-phone",
-                reg_status="OK (12 ms)",
-                first_seen=NOW,
-                last_seen=NOW,
-            )
-        )
+    sites.db.add_sighting(
+        1,
+        "green-phone",
+        seen_on=2,
+        assigned=1,
+        reg_status="OK (12 ms)",
+        first_seen=NOW,
+        last_seen=NOW,
+    )
     frame.locator(".warn").wait_for(timeout=8_000)
     assert_frame_fits(page, "iframe.mor-regstatus")
     assert page.locator("iframe.mor-regstatus").bounding_box()["height"] > before

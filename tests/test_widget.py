@@ -127,22 +127,17 @@ def fill_world(db: MorDatabase, last_success: Optional[datetime] = None) -> None
                 **counts,
             )
         )
-        conn.execute(
-            schema.wrong_server.insert(),
-            [
-                {
-                    "device_id": 9,
-                    "seen_on_server_id": 1,
-                    "assigned_server_id": 2,
-                    "peer_name": "roamer",
-                    "reg_status": "OK (40 ms)",
-                    "ip": "198.51.100.7",
-                    "port": 5060,
-                    "first_seen": NOW - timedelta(hours=3),
-                    "last_seen": NOW - timedelta(minutes=1),
-                }
-            ],
-        )
+    db.add_sighting(
+        9,
+        "roamer",
+        seen_on=1,
+        assigned=2,
+        reg_status="OK (40 ms)",
+        first_seen=NOW - timedelta(hours=3),
+        last_seen=NOW - timedelta(minutes=1),
+        ip="198.51.100.7",
+        port=5060,
+    )
 
 
 def state(device_id: int, status: str, **columns: Any) -> dict[str, Any]:

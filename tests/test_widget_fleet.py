@@ -152,17 +152,15 @@ def fleet(mor_db: MorDatabase) -> MorDatabase:
                 )
             ],
         )
-        conn.execute(
-            schema.wrong_server.insert().values(
-                device_id=9,
-                seen_on_server_id=1,
-                assigned_server_id=2,
-                peer_name="roamer",
-                reg_status="OK (40 ms)",
-                first_seen=now - timedelta(hours=3),
-                last_seen=now,
-            )
-        )
+    mor_db.add_sighting(
+        9,
+        "roamer",
+        seen_on=1,
+        assigned=2,
+        reg_status="OK (40 ms)",
+        first_seen=now - timedelta(hours=3),
+        last_seen=now,
+    )
     return mor_db
 
 
