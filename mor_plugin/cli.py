@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import __version__, notify, pjsip, store, textfile
 from .ami import AmiEndpoint, AmiError, PeerList, get_peer_list
 from .config import (
+    DEFAULT_CONFIG_PATH,
     DEFAULT_LOCK_FILE,
     DEFAULT_LOG_FILE,
     DEFAULT_STATE_FILE,
@@ -62,8 +63,6 @@ EXIT_UNEXPECTED = 1
 EXIT_CONFIG = 2
 EXIT_AMI = 3
 EXIT_DATABASE = 4
-
-DEFAULT_CONFIG = Path("/var/lib/asterisk/agi-bin/mor.conf")
 
 #: what each exit code means, as README's "Exit codes" table says it (``--help`` lists them)
 EXIT_CODES = (
@@ -160,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         type=Path,
-        default=DEFAULT_CONFIG,
+        default=DEFAULT_CONFIG_PATH,
         metavar="PATH",
         help="mor.conf to read (default %(default)s)",
     )
