@@ -300,7 +300,7 @@ class Listener:
                 flap=self.flap,
                 not_before=not_before,
             )
-            store.write_event_plan(conn, settings.server_id, batch_plan)
+            store.write_event_plan(conn, settings.server_id, batch_plan, self.utc_now())
             store.replace_contacts(conn, settings.server_id, contact_sets, self.utc_now())
             return batch_plan
 

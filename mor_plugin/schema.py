@@ -124,6 +124,9 @@ server_state = Table(
     # schema 2: when the last successful poll's AMI list completed; the listener ignores
     # events older than that (the poll saw every device after them)
     Column("observed_at", PreciseDateTime),
+    # schema 5: when the listener last changed one of this server's devices; with
+    # last_success (every poll's), it tells the widget that what it read of them may be old
+    Column("listener_wrote_at", PreciseDateTime),
     **_OWN_TABLE_OPTIONS,
 )
 

@@ -156,12 +156,18 @@ def _migration_4(conn: Connection) -> None:
         )
 
 
+def _migration_5(conn: Connection) -> None:
+    """When the listener last changed a server's devices (the widget's cache watches it)."""
+    _add_missing_columns(conn, schema.server_state, ("listener_wrote_at",))
+
+
 #: (version, migration) in order; a migration must be safe to run twice.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4),
+    (5, _migration_5),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -715,11 +721,18 @@ def write_plan(
     return changed
 
 
-def write_event_plan(conn: Connection, server_id: int, plan: Plan) -> int:
+def write_event_plan(conn: Connection, server_id: int, plan: Plan, now: datetime) -> int:
     """What a batch of PeerStatus events changes, inside the caller's transaction."""
     changed = write_reg_statuses(conn, server_id, plan.reg_status_changes)
     write_states(conn, plan.state_changes)
     write_history(conn, plan.transitions)
+    if changed or plan.state_changes:
+        # in the same transaction: whoever sees the devices' new rows sees this too
+        conn.execute(
+            update(schema.server_state)
+            .where(schema.server_state.c.server_id == server_id)
+            .values(listener_wrote_at=now)
+        )
     return changed
 
 

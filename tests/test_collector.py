@@ -349,9 +349,9 @@ def test_migrate_alone_creates_the_own_tables(
     mor: MorDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(write_conf(tmp_path, mor.url, None), "--migrate", capsys=capsys)
-    assert (code, out.strip()) == (0, "migrated to schema version 4")
+    assert (code, out.strip()) == (0, "migrated to schema version 5")
     code, out, _ = run(write_conf(tmp_path, mor.url, None), "--migrate", capsys=capsys)
-    assert (code, out.strip()) == (0, "schema already at version 4")
+    assert (code, out.strip()) == (0, "schema already at version 5")
     tables = {row[0] for row in mor.execute("SHOW TABLES")}
     assert {
         "mor_regstatus_devices",

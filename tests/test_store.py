@@ -43,18 +43,21 @@ def upgrade_keeps_rows(url: str) -> None:
     with engine.begin() as conn:
         for statement in SCHEMA_1:
             conn.execute(text(statement))
-    assert store.migrate(engine, NOW) == [2, 3, 4]
+    assert store.migrate(engine, NOW) == [2, 3, 4, 5]
     assert store.migrate(engine, NOW) == []
     with engine.connect() as conn:
-        assert store.schema_version(conn) == store.LATEST_VERSION == 4
+        assert store.schema_version(conn) == store.LATEST_VERSION == 5
         row = conn.execute(
             text("SELECT status, ip, flapping FROM mor_regstatus_devices WHERE device_id = 7")
         ).one()
         assert tuple(row) == ("ok", "10.0.0.7", 0)
         server = conn.execute(
-            text("SELECT asterisk_version, listener_connected FROM mor_regstatus_servers")
+            text(
+                "SELECT asterisk_version, listener_connected, listener_wrote_at"
+                " FROM mor_regstatus_servers"
+            )
         ).one()
-        assert tuple(server) == ("11.25.3", 0)
+        assert tuple(server) == ("11.25.3", 0, None)
         debian = "22.10.1+dfsg+~cs6.17.60671434-1"  # 31 characters: wider than schema 1's 30
         conn.execute(text("UPDATE mor_regstatus_servers SET asterisk_version = :v"), {"v": debian})
         assert conn.execute(
@@ -88,10 +91,10 @@ def test_a_fresh_database_gets_every_version_once(
         else request.getfixturevalue("sqlite_url")
     )
     engine = create_engine(url)
-    assert store.migrate(engine, NOW) == [1, 2, 3, 4]
+    assert store.migrate(engine, NOW) == [1, 2, 3, 4, 5]
     with engine.connect() as conn:
         versions = conn.execute(text("SELECT version FROM mor_regstatus_schema ORDER BY 1")).all()
-    assert [v for (v,) in versions] == [1, 2, 3, 4]
+    assert [v for (v,) in versions] == [1, 2, 3, 4, 5]
     engine.dispose()
 
 
@@ -115,6 +118,6 @@ def test_collectors_migrating_a_fresh_database_at_once_all_succeed(mor_db: MorDa
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert sorted(results, key=len) == [[], [], [], [], [1, 2, 3, 4]]  # type: ignore[arg-type]
+    assert sorted(results, key=len) == [[], [], [], [], [1, 2, 3, 4, 5]]  # type: ignore[arg-type]
     for engine in engines:
         engine.dispose()
