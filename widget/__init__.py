@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Mapping
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Optional
 
 from flask import Flask, Response, current_app, g, jsonify, render_template, request
@@ -21,7 +22,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from mor_plugin.status import NONE
 
 from . import bullets, dbtime, settings, signing
-from .cache import ResponseCache
+from .cache import DeviceCache, ResponseCache
 from .db import Database, utcnow
 from .forwarded import SafeForwarded
 from .settings import ConfigError
@@ -52,11 +53,20 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
         app.config["MOR_WIDGET_DB_READ_TIMEOUT"],
         app.config["MOR_WIDGET_DB_TIMEOUT"],
     )
+    from .views import bp, shown_cost
+
     if app.config["MOR_WIDGET_CACHE_SECONDS"] > 0:
+        max_bytes = int(app.config["MOR_WIDGET_CACHE_MB"] * 1024 * 1024)
         app.extensions["mor_widget_cache"] = ResponseCache(
-            app.config["MOR_WIDGET_CACHE_SECONDS"],
-            max_bytes=int(app.config["MOR_WIDGET_CACHE_MB"] * 1024 * 1024),
+            app.config["MOR_WIDGET_CACHE_SECONDS"], max_bytes=max_bytes
         )
+        app.extensions["mor_widget_devices"] = DeviceCache(
+            app.config["MOR_WIDGET_CACHE_SECONDS"],
+            shown_cost,
+            attrgetter("server_id"),
+            max_bytes,
+        )
+    app.extensions["mor_widget_csp"] = _csp(app.config["MOR_WIDGET_FRAME_ANCESTORS"])
     # only an exact origin of the allow-list may read the API from another site
     app.extensions["mor_widget_cors"] = settings.exact_origins(
         app.config["MOR_WIDGET_FRAME_ANCESTORS"]
@@ -64,8 +74,6 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.add_template_filter(_time_ago, "ago")
     app.add_template_filter(duration, "duration")
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
-
-    from .views import bp
 
     app.register_blueprint(bp)
     app.before_request(_start_database_clock)
@@ -116,17 +124,17 @@ def _check_signature() -> None:
         raise (Gone if refused.status == 410 else Forbidden)(refused.reason) from None
 
 
-def _csp() -> str:
-    ancestors = " ".join(current_app.config["MOR_WIDGET_FRAME_ANCESTORS"])
+def _csp(frame_ancestors: tuple[str, ...]) -> str:
     return (
         "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
-        f"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors {ancestors}"
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        f"frame-ancestors {' '.join(frame_ancestors)}"
     )
 
 
 def _security_headers(response: Response) -> Response:
     headers = response.headers
-    headers["Content-Security-Policy"] = _csp()
+    headers["Content-Security-Policy"] = current_app.extensions["mor_widget_csp"]
     headers["X-Content-Type-Options"] = "nosniff"
     # signed links must not leak to other sites through Referer
     headers["Referrer-Policy"] = "no-referrer"
