@@ -452,6 +452,36 @@ def test_a_locked_table_answers_503_within_the_db_timeout_and_recovers(
     assert client.get("/devices/1/bullet.svg").status_code == 200
 
 
+def test_a_connection_the_server_closed_is_replaced_without_an_error(
+    world: MorDatabase, apps: Callable[..., Flask]
+) -> None:
+    """No ping before each use: a pooled connection that MariaDB closed (a restart,
+    wait_timeout, a KILL) fails its first statement, and the read is made again, once, on
+    a new connection."""
+    client = apps(world.url).test_client()
+    root = pymysql.connect(unix_socket=SOCKET, user="root", autocommit=True)
+    try:
+        for path in (
+            "/devices/1/bullet.svg",
+            "/api/v1/devices/status?ids=1",
+            "/devices/1/status",
+            "/servers",
+            "/healthz",
+        ):
+            assert client.get(path).status_code == 200, path
+            with root.cursor() as cur:
+                cur.execute(
+                    "SELECT id FROM information_schema.processlist WHERE user = %s", (world.user,)
+                )
+                pooled = [row[0] for row in cur.fetchall()]
+                assert pooled, "the widget keeps its connection in the pool"
+                for connection_id in pooled:
+                    cur.execute(f"KILL CONNECTION {int(connection_id)}")
+            assert client.get(path).status_code == 200, path
+    finally:
+        root.close()
+
+
 @pytest.mark.parametrize("bad", ["0", "-1", "x", "601"])
 def test_db_timeout_setting_is_checked(bad: str) -> None:
     with pytest.raises(ConfigError, match="MOR_WIDGET_DB_TIMEOUT"):
