@@ -21,6 +21,8 @@ from . import cycle, many, real_asterisk, report, widget_bench
 from . import db as benchdb
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: the benchmark's parts, in the order they run
+PARTS = ("collector", "real", "startup", "many", "widget")
 
 
 def _sizes(text: str) -> list[int]:
@@ -39,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--widget-devices", type=int, help="devices in the widget's database")
     p.add_argument("--widget-iterations", type=int, help="in-process requests per endpoint")
     p.add_argument("--widget-seconds", type=float, help="load per endpoint under gunicorn")
+    p.add_argument(
+        "--widget-cycle",
+        type=float,
+        help="seconds of the distinct-URL loads, from empty caches (a poll cycle; default 60)",
+    )
     p.add_argument(
         "--profile",
         action=argparse.BooleanOptionalAction,
@@ -59,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=real_asterisk.QUALIFY_EVERY,
         help="seconds between qualify rounds of the real phones (a steady run waits one)",
+    )
+    p.add_argument(
+        "--only",
+        choices=PARTS,
+        action="append",
+        help="run only this part (repeatable); the targets of the others read 'not measured'",
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     return p
@@ -91,45 +104,7 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    quick = args.quick
-    sizes = args.sizes or ([1_000, 10_000] if quick else [1_000, 10_000, 100_000])
-
-    def runs_for(n: int) -> int:
-        if args.runs:
-            return args.runs
-        return 3 if quick else (5 if n <= 10_000 else 3)
-
-    def legacy_runs_for(n: int) -> int:
-        if args.legacy_runs is not None:
-            return args.legacy_runs
-        if quick:
-            return 2
-        return 5 if n <= 10_000 else 1
-
-    started = time.perf_counter()
-    results: dict[str, Any] = {
-        "generated_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "mode": "quick" if quick else "full",
-        "argv": sys.argv[1:] if argv is None else argv,
-        "machine": _machine(),
-    }
-    profile = (not quick) if args.profile is None else args.profile
-    results["collector"] = cycle.bench_sizes(
-        sizes, runs_for, legacy_runs_for, _log, outage_runs=2 if quick and not args.runs else 0
-    )
-    results["real_asterisk"] = real_asterisk.bench_real(
-        args.real_sizes or [2_000],
-        args.real_pjsip or [2_000],
-        args.runs or 3,
-        args.legacy_runs if args.legacy_runs is not None else (1 if quick else 3),
-        _log,
-        args.real_qualify,
-    )
-    _log("start-up: python -c pass, the collector's imports, mor-retrieve-peers --help")
-    results["startup"] = cycle.startup(args.runs or (5 if quick else 10))
-
+def _many_servers(args: argparse.Namespace, quick: bool, results: dict[str, Any]) -> None:
     servers = args.many_servers or 5
     per_server = args.many_devices or (400 if quick else 4_000)
     cycles = args.many_cycles or (3 if quick else 10)
@@ -157,16 +132,63 @@ def main(argv: Optional[list[str]] = None) -> int:
                 migrate_first=False,
             ).as_json()
 
-    results["widget"] = widget_bench.bench_widget(
-        args.widget_devices or 10_000,
-        args.widget_iterations or (100 if quick else 300),
-        args.widget_seconds or (2 if quick else 5),
-        _log,
-        profile=profile,
-    )
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    quick = args.quick
+    sizes = args.sizes or ([1_000, 10_000] if quick else [1_000, 10_000, 100_000])
+
+    def runs_for(n: int) -> int:
+        if args.runs:
+            return args.runs
+        return 3 if quick else (5 if n <= 10_000 else 3)
+
+    def legacy_runs_for(n: int) -> int:
+        if args.legacy_runs is not None:
+            return args.legacy_runs
+        if quick:
+            return 2
+        return 5 if n <= 10_000 else 1
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "generated_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "mode": "quick" if quick else "full",
+        "argv": sys.argv[1:] if argv is None else argv,
+        "machine": _machine(),
+    }
+    profile = (not quick) if args.profile is None else args.profile
+    parts = set(args.only or PARTS)
+    if "collector" in parts:
+        results["collector"] = cycle.bench_sizes(
+            sizes, runs_for, legacy_runs_for, _log, outage_runs=2 if quick and not args.runs else 0
+        )
+    if "real" in parts:
+        results["real_asterisk"] = real_asterisk.bench_real(
+            args.real_sizes or [2_000],
+            args.real_pjsip or [2_000],
+            args.runs or 3,
+            args.legacy_runs if args.legacy_runs is not None else (1 if quick else 3),
+            _log,
+            args.real_qualify,
+        )
+    if "startup" in parts:
+        _log("start-up: python -c pass, the collector's imports, mor-retrieve-peers --help")
+        results["startup"] = cycle.startup(args.runs or (5 if quick else 10))
+    if "many" in parts:
+        _many_servers(args, quick, results)
+    if "widget" in parts:
+        results["widget"] = widget_bench.bench_widget(
+            args.widget_devices or 10_000,
+            args.widget_iterations or (100 if quick else 300),
+            args.widget_seconds or (2 if quick else 5),
+            args.widget_cycle or (10 if quick else 60),
+            _log,
+            profile=profile,
+        )
 
     results["targets"] = report.targets(results)
-    results["startup"]["targets"] = report.startup_targets(results)
+    results.setdefault("startup", {})["targets"] = report.startup_targets(results)
     results["real_targets"] = report.real_targets(results)
     failed = {t["target"] for t in results["targets"] if t["status"] == "FAIL"}
     profiles: dict[str, str] = {}

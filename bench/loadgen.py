@@ -1,25 +1,31 @@
 """A small HTTP load generator, used when ``wrk`` is not installed.
 
-``python -m bench.loadgen URL SECONDS CONCURRENCY`` prints one JSON line:
-requests/s, median and p99 latency in ms, errors. Threads with a new
-connection per request (gunicorn's sync workers close every connection).
+``python -m bench.loadgen BASE_URL PATHS_FILE SECONDS CONCURRENCY`` prints one
+JSON line: requests/s, median and p99 latency in ms, errors. Threads with a new
+connection per request (gunicorn's sync workers close every connection); each
+request asks the next path of the file (one per line), as bench/paths.lua does
+for wrk.
 It is slower than wrk: with it, the figures say less about the server.
 """
 
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import sys
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
 def main() -> int:
-    url, seconds, concurrency = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-    parts = urlsplit(url)
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    base, listing = sys.argv[1], sys.argv[2]
+    seconds, concurrency = float(sys.argv[3]), int(sys.argv[4])
+    parts = urlsplit(base)
+    paths = [line for line in Path(listing).read_text().splitlines() if line]
+    turn = itertools.count()
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -32,7 +38,7 @@ def main() -> int:
             started = time.perf_counter()
             try:
                 conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-                conn.request("GET", target)
+                conn.request("GET", paths[next(turn) % len(paths)])
                 response = conn.getresponse()
                 response.read()
                 conn.close()
@@ -58,6 +64,7 @@ def main() -> int:
         json.dumps(
             {
                 "requests": count,
+                "urls": len(paths),
                 "rps": count / elapsed,
                 "p50_ms": latencies[count // 2] * 1000 if count else None,
                 "p99_ms": latencies[min(count - 1, int(count * 0.99))] * 1000 if count else None,

@@ -2,7 +2,7 @@
 # Installs and starts what the tests need from the operating system:
 # MariaDB (server running, root over the socket), Debian's chromium, debootstrap
 # for the real-Asterisk chroots (built by 'make asterisk'), and systemd-nspawn and ssh
-# for the Debian 12 hosts the Ansible tests boot (testbed/hosts.py).
+# for the Debian 12 hosts the Ansible tests boot (testbed/hosts.py), and wrk for the benchmark.
 # As root it installs what is missing; otherwise it names what is missing and fails.
 set -euo pipefail
 
@@ -16,6 +16,8 @@ command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
 # the Ansible tier: Debian 12 hosts booted with systemd-nspawn, reached over ssh
 command -v systemd-nspawn >/dev/null 2>&1 || need_pkgs+=(systemd-container)
 { command -v ssh && command -v ssh-keygen; } >/dev/null 2>&1 || need_pkgs+=(openssh-client)
+# the benchmark's load generator (bench/widget_bench.py; make test runs the bench at tiny sizes)
+command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

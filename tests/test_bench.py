@@ -12,7 +12,7 @@ import pytest
 # bench/ is not an installed package: import it from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.__main__ import main  # noqa: E402
-from bench.report import MODES  # noqa: E402
+from bench.report import MODES, WIDGET_LOADS  # noqa: E402
 
 pytestmark = pytest.mark.mariadb
 
@@ -26,6 +26,7 @@ TINY = [
     "--widget-devices", "600",
     "--widget-iterations", "3",
     "--widget-seconds", "1",
+    "--widget-cycle", "1",
     "--real-sizes", "60",
     "--real-pjsip", "60",
     "--real-qualify", "2",
@@ -69,10 +70,19 @@ def test_many_servers_and_widget_figures_are_reported(
     widget = results["widget"]
     for name in ("api_1", "api_100", "api_500", "bullet"):
         assert widget["in_process"][name]["median_ms"] > 0
-    for name in ("hello", "api_100", "bullet"):
-        assert widget["gunicorn"][name]["rps"] > 0
-        assert widget["gunicorn"][name]["p99_ms"] is not None
-        assert widget["gunicorn"][name]["errors"] == 0
+    loads = widget["gunicorn"]
+    for name in ("hello", *WIDGET_LOADS):
+        assert loads[name]["rps"] > 0, name
+        assert loads[name]["p99_ms"] is not None, name
+        assert loads[name]["errors"] == 0, name
+    assert len(loads["hello"]["runs_rps"]) == 3
+    for name in WIDGET_LOADS:
+        # every distinct-URL load asks each URL once until the list wraps
+        assert loads[name]["urls"] > 1 if "distinct" in name else loads[name]["urls"] == 1
+    for page in ("page_hello", "page_bullets", "page_embed"):
+        assert loads[page]["median_ms"] > 0, page
+    assert loads["page_bullets"]["requests_per_view"] == 50
+    assert loads["page_embed"]["requests_per_view"] == 1
     memory = widget["memory"]
     assert memory["growth_mb"] is not None and memory["limit_mb"] > 0
     assert "within_limit" in memory
@@ -82,10 +92,10 @@ def test_targets_table_and_plot_are_written(bench_run: tuple[Path, str]) -> None
     out, printed = bench_run
     results = json.loads((out / "latest.json").read_text())
     statuses = {t["target"]: t["status"] for t in results["targets"]}
-    assert len(statuses) == 13
+    assert len(statuses) == 17
     assert set(statuses.values()) <= {"pass", "FAIL", "n/a"}
     assert statuses["collector 100k cold"] == "n/a"
-    assert statuses["memory growth of a widget worker (answer cache on)"] in ("pass", "FAIL")
+    assert statuses["memory growth of a widget worker (device cache on)"] in ("pass", "FAIL")
     assert (out / "collector.png").read_bytes().startswith(b"\x89PNG")
     for heading in ("## Collector cycle", "## Many servers", "## Widget", "## Targets"):
         assert heading in printed
