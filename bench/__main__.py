@@ -1,4 +1,4 @@
-"""``python -m bench``: the whole benchmark; ``--quick`` for the short one (under a minute).
+"""``python -m bench``: the whole benchmark; ``--quick`` for the short one (about 4 minutes).
 
 Prints the tables, writes ``bench/results/latest.json`` and the plot
 ``bench/results/collector.png``. See docs/PERFORMANCE.md.

@@ -53,6 +53,13 @@ WIDGET_LOADS = {
     "api_100_one_url_no_cache": ("JSON status, 100 ids", "one", "off"),
     "bullet_one_url_no_cache": ("bullet.svg", "one", "off"),
 }
+#: the widget's URL lists (bench.widget_bench.traffic), as the table names them
+WIDGET_URLS = {
+    "api_100_distinct": "the distinct JSON loads",
+    "bullet_distinct": "the distinct bullet loads",
+    "api_100_one_url": "the one-URL JSON loads",
+    "bullet_one_url": "the one-URL bullet loads",
+}
 #: (load, target, share of hello-world's requests/s): judged on the URLs MOR's pages send;
 #: the one repeated URL must not fall back from where the earlier per-URL answer cache had
 #: it under the same load (JSON 57-66 %, bullet 76-79 %, in paired runs on one machine)
@@ -459,26 +466,28 @@ def widget_table(results: dict[str, Any]) -> str:
         if inp:
             lines.append(f"| {label} | {inp['median_ms']:.2f} | {inp['p90_ms']:.2f} |")
     loads = widget["gunicorn"]
-    hello = loads.get("hello")
     lines += [
         "",
         "Under gunicorn (2 sync workers, new ones for every load: device caches start "
-        "empty, as right after a poll), driven by `wrk -t2 -c8` from another process; "
-        "*distinct*: URLs signed anew for random devices, as MOR's pages sign them; *one*: the "
-        "same URL again and again; *poll cycle*: the load lasts a poll cycle (a cron minute in "
-        "the full run), the others a few seconds; *mark moving*: server 1's change mark moves "
-        "every second, as a listener writing all the time moves it; hello-world is the median "
-        "of three runs (before, between and after):",
+        "empty, as right after a poll; the collector runs before each load), driven by "
+        "`wrk -t2 -c8` from another process; *distinct*: URLs signed anew for random "
+        "devices, as MOR's pages sign them; *one*: the same URL again and again; *poll "
+        "cycle*: the load lasts a poll cycle (a cron minute in the full run), the others a "
+        "few seconds; *mark moving*: server 1's change mark moves every second, as a "
+        "listener writing all the time moves it. Each share is against hello-world driven "
+        "with the same URLs (the median of three runs: before, between and after):",
         "",
         "| request | URLs | device cache | s | req/s | p50 ms | p99 ms | not 200 "
         "| share of hello-world |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    if hello:
+    for source, hello in loads.get("hello", {}).items():
         runs = ", ".join(_fmt(rps, 0) for rps in hello.get("runs_rps", []))
         lines.append(
-            f"| bare Flask hello-world (runs: {runs}) | one | - | - | {_fmt(hello['rps'], 0)} "
-            f"| {_fmt(hello['p50_ms'], 1)} | {_fmt(hello['p99_ms'], 1)} | {hello['errors']} | - |"
+            f"| bare Flask hello-world, the URLs of {WIDGET_URLS.get(source, source)} "
+            f"(runs: {runs}) | {'distinct' if 'distinct' in source else 'one'} | - | - "
+            f"| {_fmt(hello['rps'], 0)} | {_fmt(hello['p50_ms'], 1)} "
+            f"| {_fmt(hello['p99_ms'], 1)} | {hello['errors']} | - |"
         )
     for key, (label, urls, cache) in WIDGET_LOADS.items():
         load = loads.get(key)

@@ -464,17 +464,20 @@ def under_gunicorn(
     workdir: Path,
     poll: Callable[[], None],
 ) -> dict[str, Any]:
-    """Every load of ``LOADS``, the device-list page views, and hello-world three times
-    (before, between and after the widget's loads: its median is the baseline). ``poll``
-    runs the collector once before each of the widget's loads."""
+    """Every load of ``LOADS``, the device-list page views, and hello-world driven with
+    the very URLs of each load, three times (before, between and after the widget's loads:
+    the median is each load's baseline; wrk's script for a list of URLs costs the machine
+    more than one URL does). ``poll`` runs the collector once before each widget load."""
     out: dict[str, Any] = {}
-    hello_runs: list[dict[str, Any]] = []
+    sources = sorted({source for _, source, *_ in LOADS})
+    hello_runs: dict[str, list[dict[str, Any]]] = {source: [] for source in sources}
     hello_page = [["/"] * PAGE_DEVICES for _ in range(views + 1)]
 
     def hello() -> None:
         with gunicorn("bench.hello:app", {}) as port:
             _warm(port, "/")
-            hello_runs.append(load(port, ["/"], seconds, workdir))
+            for source in sources:
+                hello_runs[source].append(load(port, urls[source], seconds, workdir))
             if "page_hello" not in out:
                 out["page_hello"] = page_views(port, hello_page)
 
@@ -503,12 +506,12 @@ def under_gunicorn(
                 port, [urls[f"page_{n}_{way}"] for n in range(views + 1)]
             )
     hello()
-    rates = sorted(run["rps"] or 0.0 for run in hello_runs)
-    out["hello"] = {**hello_runs[len(hello_runs) // 2], "runs_rps": [r["rps"] for r in hello_runs]}
-    out["hello"]["rps"] = rates[len(rates) // 2]
-    baseline = out["hello"]["rps"]
-    for key, *_ in LOADS:
-        rps = out[key]["rps"] or 0.0
+    out["hello"] = {}
+    for source, runs in hello_runs.items():
+        median = sorted(runs, key=lambda run: run["rps"] or 0.0)[len(runs) // 2]
+        out["hello"][source] = {**median, "runs_rps": [run["rps"] for run in runs]}
+    for key, source, *_ in LOADS:
+        rps, baseline = out[key]["rps"] or 0.0, out["hello"][source]["rps"]
         out[key]["share_of_hello"] = rps / baseline if baseline else None
     return out
 

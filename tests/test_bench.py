@@ -71,11 +71,14 @@ def test_many_servers_and_widget_figures_are_reported(
     for name in ("api_1", "api_100", "api_500", "bullet"):
         assert widget["in_process"][name]["median_ms"] > 0
     loads = widget["gunicorn"]
-    for name in ("hello", *WIDGET_LOADS):
-        assert loads[name]["rps"] > 0, name
-        assert loads[name]["p99_ms"] is not None, name
-        assert loads[name]["errors"] == 0, name
-    assert len(loads["hello"]["runs_rps"]) == 3
+    # hello-world driven with the URLs of each kind of load, three times
+    assert set(loads["hello"]) == {"api_100_distinct", "bullet_distinct", "api_100_one_url",
+                                   "bullet_one_url"}  # fmt: skip
+    for name, figures in [*loads["hello"].items(), *((n, loads[n]) for n in WIDGET_LOADS)]:
+        assert figures["rps"] > 0, name
+        assert figures["p99_ms"] is not None, name
+        assert figures["errors"] == 0, name
+    assert all(len(hello["runs_rps"]) == 3 for hello in loads["hello"].values())
     for name in WIDGET_LOADS:
         # every distinct-URL load asks each URL once until the list wraps
         assert loads[name]["urls"] > 1 if "distinct" in name else loads[name]["urls"] == 1
