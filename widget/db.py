@@ -44,7 +44,7 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine, Row, make_url
 from sqlalchemy.exc import DBAPIError
 
 from mor_plugin import schema
@@ -858,33 +858,31 @@ class Database:
     def ping(self) -> None:
         self._run(lambda conn: conn.execute(text("SELECT 1")))
 
-    def devices(self, ids: Sequence[int]) -> dict[int, DeviceStatus]:
-        """The devices among ``ids`` that exist, by id."""
+    def _by_id(
+        self, ids: Sequence[int], with_state: Any, without: Any, make: Callable[[Row[Any]], T]
+    ) -> dict[int, T]:
+        """The devices among ``ids`` that exist, each row made into a value, by id (the
+        statements' first column); ``without`` while the collector's tables are missing."""
         if not ids:
             return {}
 
-        def run(statement: Any) -> Callable[[Connection], dict[int, DeviceStatus]]:
-            def query(conn: Connection) -> dict[int, DeviceStatus]:
-                rows = conn.execute(statement, {"ids": list(ids)}).mappings()
-                return {row["id"]: device_status(row) for row in rows}
+        def run(statement: Any) -> Callable[[Connection], dict[int, T]]:
+            def query(conn: Connection) -> dict[int, T]:
+                return {row[0]: make(row) for row in conn.execute(statement, {"ids": list(ids)})}
 
             return query
 
-        return self._with_own_tables(run(DEVICES_WITH_STATE), run(DEVICES_ONLY))
+        return self._with_own_tables(run(with_state), run(without))
+
+    def devices(self, ids: Sequence[int]) -> dict[int, DeviceStatus]:
+        """The devices among ``ids`` that exist, by id."""
+        return self._by_id(
+            ids, DEVICES_WITH_STATE, DEVICES_ONLY, lambda row: device_status(row._mapping)
+        )
 
     def briefs(self, ids: Sequence[int]) -> dict[int, DeviceBrief]:
         """What the bullets and the JSON API show of the devices among ``ids`` that exist."""
-        if not ids:
-            return {}
-
-        def run(statement: Any) -> Callable[[Connection], dict[int, DeviceBrief]]:
-            def query(conn: Connection) -> dict[int, DeviceBrief]:
-                rows = conn.execute(statement, {"ids": list(ids)}).all()
-                return {row[0]: device_brief(row) for row in rows}
-
-            return query
-
-        return self._with_own_tables(run(BRIEFS_WITH_STATE), run(BRIEFS_ONLY))
+        return self._by_id(ids, BRIEFS_WITH_STATE, BRIEFS_ONLY, device_brief)
 
     def change_marks(self) -> Optional[dict[int, tuple[Any, ...]]]:
         """Each server's mark (see ``CHANGE_MARKS``), of the servers that have one; None
