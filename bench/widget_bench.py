@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,20 +51,29 @@ _WRK_BAD = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def _signed(path: str) -> str:
-    return sign_url(path, SECRET, int(time.time()) + 24 * 3600)
+def _signed(path: str, expires_at: Optional[int] = None) -> str:
+    """``path`` signed as the MOR GUI signs it, valid for a day unless ``expires_at``."""
+    return sign_url(path, SECRET, expires_at or int(time.time()) + 24 * 3600)
+
+
+def _listing(device_ids: Iterable[int]) -> str:
+    """The JSON status of ``device_ids`` (unsigned)."""
+    return "/api/v1/devices/status?ids=" + ",".join(map(str, device_ids))
+
+
+def _bullet(device_id: int) -> str:
+    return f"/devices/{device_id}/bullet.svg"
 
 
 def _paths(device_ids: list[int], rng: random.Random) -> dict[str, str]:
     def listing(k: int) -> str:
-        ids = ",".join(str(i) for i in rng.sample(device_ids, k))
-        return _signed(f"/api/v1/devices/status?ids={ids}")
+        return _signed(_listing(rng.sample(device_ids, k)))
 
     return {
         "api_1": listing(1),
         "api_100": listing(100),
         "api_500": listing(min(500, len(device_ids))),
-        "bullet": _signed(f"/devices/{rng.choice(device_ids)}/bullet.svg"),
+        "bullet": _signed(_bullet(rng.choice(device_ids))),
     }
 
 
@@ -151,19 +160,16 @@ def memory_in_this_process(db_url: str, device_ids: list[int], variants: int) ->
     )
     client = app.test_client()
     rng = random.Random(11)  # noqa: S311 - sampling
-    page = _signed("/api/v1/devices/status?ids=" + ",".join(map(str, device_ids[:100])))
+    page = _signed(_listing(device_ids[:100]))
     if client.get(page).status_code != 200:  # connections, compiled statements
         raise RuntimeError("memory: the first request failed")
     out: dict[str, Any] = {"variants": variants, "start": _rss_mb()}
-    big = _signed("/api/v1/devices/status?ids=" + ",".join(map(str, device_ids[:500])))
+    big = _signed(_listing(device_ids[:500]))
     phases: dict[str, Callable[[int], str]] = {
         "sig_case_variants": lambda n: _case_variant(big, rng),
-        "fresh_exp": lambda n: sign_url(
-            page.split("&exp=")[0], SECRET, int(time.time()) + 3600 + n
-        ),
+        "fresh_exp": lambda n: _signed(page.split("&exp=")[0], int(time.time()) + 3600 + n),
         "distinct_pages": lambda n: _signed(
-            "/api/v1/devices/status?ids="
-            + ",".join(map(str, rng.sample(device_ids, min(100, len(device_ids)))))
+            _listing(rng.sample(device_ids, min(100, len(device_ids))))
         ),
     }
     for name, url_of in phases.items():
@@ -382,10 +388,10 @@ def traffic(
     k = min(100, len(device_ids))
 
     def listing(ids: list[int], expires: int) -> str:
-        return sign_url(f"/api/v1/devices/status?ids={','.join(map(str, ids))}", SECRET, expires)
+        return _signed(_listing(ids), expires)
 
     def bullet(device_id: int, expires: int) -> str:
-        return sign_url(f"/devices/{device_id}/bullet.svg", SECRET, expires)
+        return _signed(_bullet(device_id), expires)
 
     out = {
         "api_100_distinct": [listing(rng.sample(device_ids, k), now + n) for n in range(count)],
@@ -404,7 +410,7 @@ def traffic(
 
 #: the gunicorn loads: (key, URLs, cache on, seconds between moves of server 1's change
 #: mark, over a whole poll cycle). A load "over a poll cycle" starts on new workers, with
-#: empty device caches as right after a poll, and lasts ``cycle`` seconds (a cron minute
+#: empty device caches as right after a poll, and lasts ``poll_cycle`` seconds (a cron minute
 #: in the full run); the others last ``seconds``.
 LOADS: tuple[tuple[str, str, bool, Optional[float], bool], ...] = (
     ("api_100_distinct", "api_100_distinct", True, None, True),
