@@ -2,18 +2,16 @@
 
 Aggregates of this server only, no per-device labels, in the Prometheus text
 format written with plain string formatting (the collector has no
-prometheus_client dependency). The file is replaced atomically (a temporary
-file in the same directory, then ``os.replace``), so node_exporter never reads
-half of it. The poll writes it after every run; the event listener rewrites it
-on every heartbeat, which keeps ``..._age_seconds`` fresh. Without a listener,
-compute the age in PromQL: ``time() - mor_regstatus_last_run_timestamp_seconds``.
+prometheus_client dependency). The file is replaced atomically
+(:func:`mor_plugin.atomic.atomic_write`), so node_exporter never reads half of
+it. The poll writes it after every run; the event listener rewrites it on every
+heartbeat, which keeps ``..._age_seconds`` fresh. Without a listener, compute
+the age in PromQL: ``time() - mor_regstatus_last_run_timestamp_seconds``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -22,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import store
+from .atomic import atomic_write
 from .status import KINDS
 
 log = logging.getLogger(__name__)
@@ -102,21 +101,6 @@ def render(m: store.ServerMetrics, now: datetime) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(directory: Path, text: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / FILENAME
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".mor_regstatus.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def export(engine: Engine, directory: Optional[Path], server_id: int, now: datetime) -> None:
     """Write the textfile when ``directory`` is set; a failure is logged, never raised."""
     if directory is None:
@@ -126,7 +110,7 @@ def export(engine: Engine, directory: Optional[Path], server_id: int, now: datet
             if not store.schema_version(conn):
                 return
             metrics = store.server_metrics(conn, server_id)
-        write_atomically(directory, render(metrics, now))
+        atomic_write(directory / FILENAME, render(metrics, now))
     except SQLAlchemyError as err:
         log.warning("metrics textfile not written: %s", store.describe_db_error(err))
     except OSError as err:
