@@ -1,7 +1,8 @@
 """docs/TROUBLESHOOTING.md stays true: failures staged for real (bad mor.conf values, missing
 and unwritable files, the AMI simulator refusing or hanging, MariaDB refusing) make the
 installed ``mor-retrieve-peers`` print a line that the document lists, under the exit code
-the process really returned."""
+the process really returned. README's table of mor.conf keys is the code's, and so are the
+defaults the docs mention."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from conftest import ROOT, MorDatabase
 from test_collector import write_conf
 
-from mor_plugin import cli
+from mor_plugin import cli, config
 from mor_plugin.simulator import AmiSimulator, Faults, realistic_peers, run_in_thread
 
 pytestmark = pytest.mark.mariadb
@@ -223,3 +224,31 @@ def test_a_misspelled_key_is_documented(
     with conf.open("a") as handle:
         handle.write("ami_prot = 5039\n")
     assert_documented(collector(conf), 0, "unknown key 'ami_prot' (did you mean 'ami_port'?)")
+
+
+# --- README's and docs/' words on mor.conf's keys -----------------------------------------
+
+
+def test_the_readme_table_of_mor_conf_keys_is_the_code_s() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = config.markdown_table()
+    assert table in readme, (
+        "README's mor.conf table differs from mor_plugin.config.KEYS; paste the output of\n"
+        "python -c 'from mor_plugin import config; print(config.markdown_table())'"
+    )
+
+
+#: "`ami_timeout` (default 10 s", "`db_timeout`, default 30 s" in the docs' prose
+DEFAULT_IN_PROSE = re.compile(r"`([a-z_]+)`,? \(?default ([0-9.]+)")
+
+
+def test_the_docs_state_mor_conf_defaults_as_the_code_does() -> None:
+    stated = [
+        (doc.name, match.group(1), match.group(2))
+        for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for match in DEFAULT_IN_PROSE.finditer(doc.read_text(encoding="utf-8"))
+        if match.group(1) in config.KEY
+    ]
+    assert stated  # the pattern still finds the docs' wording
+    for doc, name, default in stated:
+        assert config.KEY[name].default_cell() == f"`{default}`", f"{doc}: {name}"
