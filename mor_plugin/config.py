@@ -600,6 +600,15 @@ class Settings:
     #: the setting has no effect, so the collector prints these on stderr too
     misspelled_keys: tuple[str, ...] = ()
 
+    @property
+    def listener_silent_after(self) -> float:
+        """Seconds after which the event listener's last heartbeat no longer shows it alive.
+
+        A live listener writes one after every answered Ping: it waits
+        ``watch_ping_interval``, the answer takes up to ``ami_timeout``, and the write waits
+        for the batch ahead of it and then for itself, each up to ``db_timeout``."""
+        return self.watch_ping_interval + self.ami_timeout + 2 * self.db_timeout
+
     def masked_db_url(self) -> str:
         """``db_url`` with its password replaced by ``***``, fit for logs."""
         return mask_url(self.db_url)

@@ -152,6 +152,14 @@ def test_the_collector_role_defaults_to_the_collectors_own_paths() -> None:
     assert Path(defaults["mor_retrieve_peers_state_dir"]) == DEFAULT_STATE_FILE.parent
 
 
+def test_a_listener_is_silent_after_a_ping_its_answer_and_two_database_writes(
+    etc: Path,
+) -> None:
+    assert Settings().listener_silent_after == 10 + 10 + 2 * 30
+    settings = load(etc, "watch_ping_interval = 60\nami_timeout = 5\ndb_timeout = 2\n")
+    assert settings.listener_silent_after == 60 + 5 + 2 * 2
+
+
 def test_legacy_mor_conf_is_read(etc: Path) -> None:
     settings = load(
         etc,

@@ -1,8 +1,8 @@
 """docs/TROUBLESHOOTING.md stays true: failures staged for real (bad mor.conf values, missing
 and unwritable files, the AMI simulator refusing or hanging, MariaDB refusing) make the
 installed ``mor-retrieve-peers`` print a line that the document lists, under the exit code
-the process really returned. README's table of mor.conf keys is the code's, and so are the
-defaults the docs mention."""
+the process really returned. README's table of mor.conf keys is the code's, the defaults
+the docs mention are the code's, and every exported metric is documented."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import pytest
 from conftest import ROOT, MorDatabase
 from test_collector import write_conf
 
-from mor_plugin import cli, config
+from mor_plugin import cli, config, textfile
 from mor_plugin.simulator import AmiSimulator, Faults, realistic_peers, run_in_thread
+from widget import metrics as widget_metrics
 
 pytestmark = pytest.mark.mariadb
 
@@ -226,7 +227,7 @@ def test_a_misspelled_key_is_documented(
     assert_documented(collector(conf), 0, "unknown key 'ami_prot' (did you mean 'ami_port'?)")
 
 
-# --- README's and docs/' words on mor.conf's keys -----------------------------------------
+# --- README's and docs/' words on mor.conf's keys and the metrics ------------------------
 
 
 def test_the_readme_table_of_mor_conf_keys_is_the_code_s() -> None:
@@ -252,3 +253,27 @@ def test_the_docs_state_mor_conf_defaults_as_the_code_does() -> None:
     assert stated  # the pattern still finds the docs' wording
     for doc, name, default in stated:
         assert config.KEY[name].default_cell() == f"`{default}`", f"{doc}: {name}"
+
+
+def section(text: str, heading: str) -> str:
+    """The text under ``heading`` up to the next heading."""
+    start = text.index(heading) + len(heading)
+    following = re.search(r"^#", text[start:], re.M)
+    return text[start : start + following.start()] if following else text[start:]
+
+
+def test_every_metric_is_documented_where_its_exporter_is() -> None:
+    readme = section((ROOT / "README.md").read_text(encoding="utf-8"), "### Metrics textfile")
+    widget = section((ROOT / "docs" / "WIDGET.md").read_text(encoding="utf-8"), "### Metrics")
+    assert [f.name for f in textfile.FAMILIES if f"`{f.name}" not in readme] == []
+    assert [f.name for f in widget_metrics.FAMILIES if f"`{f.name}" not in widget] == []
+    silent_after = config.Settings().listener_silent_after
+    assert f"({silent_after:g} s by default)" in readme
+
+
+def test_the_alert_rules_name_metrics_both_exporters_write() -> None:
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    exprs = re.findall(r"^\s*expr: (.*)$", operations, re.M)
+    named = {name for expr in exprs for name in re.findall(r"mor_regstatus_[a-z_]+", expr)}
+    both = {f.name for f in textfile.FAMILIES} & {f.name for f in widget_metrics.FAMILIES}
+    assert named and named <= both
