@@ -54,6 +54,7 @@ from .status import (
     Plan,
     kind_of,
     needs_peer_lookup,
+    observed_later,
     peer_event_from_fields,
     plan_events,
 )
@@ -276,14 +277,12 @@ class Listener:
                 )
                 events.extend(derived)
                 events.sort(key=lambda event: event.at)
-                for device_id in list(contact_sets):
-                    state = states.get(device_id)
-                    if (
-                        state is not None
-                        and state.observed_at
-                        and state.observed_at > max(at for at, _ in contact_events)
-                    ):
-                        del contact_sets[device_id]  # a newer poll wrote this device
+                latest = max(at for at, _ in contact_events)
+                contact_sets = {  # a device a newer poll wrote keeps the poll's contacts
+                    device_id: contacts
+                    for device_id, contacts in contact_sets.items()
+                    if not observed_later(states.get(device_id), latest)
+                }
             if not events:
                 return plan_events(settings.server_id, [], [], {}, settings.unknown_after)
             earliest = min(event.at for event in events)

@@ -163,8 +163,18 @@ class Plan:
     #: device_id, ms, device_id, ms, ... of every OK/LAGGED device when the caller asked
     #: for latency samples (a flat array: 100k pairs as tuples would cost ~8 MB)
     latency_samples: Sequence[int] = ()
-    #: devices left alone because a newer observation (an event) is stored
+    #: ids of the devices the poll left alone because a newer observation (an event) is
+    #: stored: their rows, contacts included, are the newer writer's
+    left_alone: frozenset[int] = frozenset()
+    #: observations ignored because what is stored is newer: the poll's devices left
+    #: alone, or an event batch's (event, device) pairs
     skipped_newer: int = 0
+
+
+def observed_later(state: Optional[DeviceState], at: datetime) -> bool:
+    """Whether ``state`` holds an observation newer than one made at ``at``. The last
+    observation wins: whoever observed earlier leaves the device alone."""
+    return state is not None and state.observed_at is not None and state.observed_at > at
 
 
 def kind_of(reg_status: Optional[str]) -> str:
@@ -303,7 +313,7 @@ def plan_cycle(
     state_changes: list[DeviceState] = []
     transitions: list[Transition] = []
     samples = array("q")
-    skipped = 0
+    left_alone: list[int] = []
     with_state = 0
     for device in devices:
         previous = states.get(device.id)
@@ -311,8 +321,8 @@ def plan_cycle(
         found = peer_by_name.get(device.name)
         if found is not None:
             matched.add(device.name)
-        if previous is not None and previous.observed_at is not None and previous.observed_at > now:
-            skipped += 1
+        if observed_later(previous, now):
+            left_alone.append(device.id)
             counts[kind_of(device.reg_status)] += 1
             continue
         if found is None:
@@ -356,7 +366,8 @@ def plan_cycle(
         peers_listed=listed,
         transitions=tuple(transitions),
         latency_samples=samples,
-        skipped_newer=skipped,
+        left_alone=frozenset(left_alone),
+        skipped_newer=len(left_alone),
     )
 
 
@@ -595,8 +606,8 @@ def plan_events(
     for event in events:
         for device in by_name.get(event.name, ()):
             previous = current_states.get(device.id) or states.get(device.id)
-            if (not_before is not None and event.at < not_before) or (
-                previous is not None and previous.observed_at and previous.observed_at > event.at
+            if (not_before is not None and event.at < not_before) or observed_later(
+                previous, event.at
             ):
                 skipped += 1
                 continue

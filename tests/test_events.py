@@ -21,6 +21,7 @@ from mor_plugin.status import (
     is_flapping,
     needs_peer_lookup,
     notified_after,
+    observed_later,
     peer_event_from_fields,
     plan_cycle,
     plan_events,
@@ -263,6 +264,15 @@ def test_the_poll_leaves_a_device_with_a_newer_observation_alone() -> None:
     assert plan.reg_status_changes == ((2, "UNREACHABLE"),)
     assert plan.skipped_newer == 1
     assert plan.counts["unreachable"] == 2
+    assert plan.left_alone == {1}  # the writer of its contacts too: the newer observation's
+
+
+def test_the_last_observation_wins() -> None:
+    assert observed_later(state(1, "ok", observed_at=at(10)), at(5))
+    assert not observed_later(state(1, "ok", observed_at=at(5)), at(5))  # a tie is not newer
+    assert not observed_later(state(1, "ok", observed_at=at(1)), at(5))
+    assert not observed_later(state(1, "ok"), at(5))  # a row from before observed_at existed
+    assert not observed_later(None, at(5))
 
 
 def test_the_poll_records_transitions_but_not_jitter_nor_first_sightings() -> None:
