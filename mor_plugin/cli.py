@@ -416,7 +416,7 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
             states: dict[int, DeviceState] = (
                 store.load_states(conn, settings.server_id) if migrated else {}
             )
-            recent = (
+            recent_counts = (
                 store.count_recent_transitions(conn, settings.server_id, observed - flap.window)
                 if migrated
                 else {}
@@ -440,7 +440,7 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
                 states,
                 observed,
                 settings.unknown_after,
-                recent=recent,
+                recent_counts=recent_counts,
                 flap=flap,
                 sample_latency=sample and not dry_run,
             )

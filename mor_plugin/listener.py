@@ -286,7 +286,7 @@ class Listener:
             if not events:
                 return plan_events(settings.server_id, [], [], {}, settings.unknown_after)
             earliest = min(event.at for event in events)
-            recent = store.load_recent_transitions(
+            recent_times = store.load_recent_transitions(
                 conn, settings.server_id, earliest - self.flap.window
             )
             batch_plan = plan_events(
@@ -295,7 +295,7 @@ class Listener:
                 devices,
                 states,
                 settings.unknown_after,
-                recent=recent,
+                recent_times=recent_times,
                 flap=self.flap,
                 not_before=not_before,
             )

@@ -283,7 +283,7 @@ def plan_cycle(
     now: datetime,
     unknown_after: float,
     *,
-    recent: Optional[Mapping[int, int]] = None,
+    recent_counts: Optional[Mapping[int, int]] = None,
     flap: Optional[FlapRule] = None,
     sample_latency: bool = False,
 ) -> Plan:
@@ -294,10 +294,10 @@ def plan_cycle(
     device here are returned as ``unmatched_peers`` for the wrong-server check.
 
     ``now`` is when the list was observed: a device whose stored observation is
-    newer (an event the listener applied meanwhile) is left alone. ``recent``
-    counts each device's stored transitions within ``flap.window`` before
-    ``now`` (counts, not times: an outage moves 30 % of 100k devices); with
-    ``flap`` the plan also sets and clears the flapping flag.
+    newer (an event the listener applied meanwhile) is left alone. ``recent_counts``
+    counts each device's stored transitions within ``flap.window`` before ``now``
+    (counts, not times: an outage moves 30 % of 100k devices); with ``flap`` the
+    plan also sets and clears the flapping flag.
     """
     # One pass over the devices, looking each one's peer up by name: no per-device
     # maps besides the plan itself (100k devices are the bulk of a run's memory).
@@ -341,7 +341,7 @@ def plan_cycle(
             moved = True
             transitions.append(_transition(previous, state, value, now, "poll"))
         if flap is not None and (moved or (previous is not None and previous.flapping)):
-            count = (recent or {}).get(device.id, 0) + moved
+            count = (recent_counts or {}).get(device.id, 0) + moved
             state = flap_set(state, count >= flap.changes, now)
         if state != previous:
             state_changes.append(state)
@@ -580,7 +580,7 @@ def plan_events(
     states: Mapping[int, DeviceState],
     unknown_after: float,
     *,
-    recent: Optional[Mapping[int, Sequence[datetime]]] = None,
+    recent_times: Optional[Mapping[int, Sequence[datetime]]] = None,
     flap: Optional[FlapRule] = None,
     not_before: Optional[datetime] = None,
 ) -> Plan:
@@ -592,7 +592,10 @@ def plan_events(
     older than the last poll's list (``not_before``: that poll saw every device
     after the event), or than the device's own ``observed_at``. Every device an
     event changes gets the event's time as ``observed_at``, so that a poll whose
-    list is older leaves it alone. ``counts`` stays empty: the counts are the poll's.
+    list is older leaves it alone. ``recent_times`` holds each device's stored
+    transition times within ``flap.window`` before the batch; with ``flap`` the plan
+    also sets and clears the flapping flag. ``counts`` stays empty: the counts are
+    the poll's.
     """
     by_name: dict[str, list[Device]] = {}
     for device in devices:
@@ -636,7 +639,7 @@ def plan_events(
                 moved = True
                 transitions.append(_transition(previous, state, reg_status, event.at, "event"))
             if flap is not None and (moved or state.flapping):
-                stored = times.setdefault(device.id, list((recent or {}).get(device.id, ())))
+                stored = times.setdefault(device.id, list((recent_times or {}).get(device.id, ())))
                 state = flap_update(state, stored, moved, event.at, flap)
                 if moved:
                     stored.append(event.at)

@@ -244,7 +244,7 @@ def test_plan_events_flags_flapping_from_stored_and_new_transitions() -> None:
     rule = FlapRule(changes=4, window=timedelta(minutes=10))
     recent = {1: [at(-120), at(-60)]}
     batch = events(("101", "Unreachable", None, 1), ("101", "Reachable", 20, 2))
-    plan = plan_events(1, batch, DEVICES, STATES, HOUR, recent=recent, flap=rule)
+    plan = plan_events(1, batch, DEVICES, STATES, HOUR, recent_times=recent, flap=rule)
     (new,) = plan.state_changes
     assert (new.flapping, new.flapping_since, new.status) == (True, at(2), "ok")
     assert plan.reg_status_changes == ((1, "OK (20 ms)"),)  # reg_status keeps Asterisk's string
@@ -304,12 +304,12 @@ def test_the_poll_clears_flapping_once_the_window_holds_too_few() -> None:
         flapping,
         at(0),
         HOUR,
-        recent={1: 3},
+        recent_counts={1: 3},
         flap=rule,
     )
     assert still.state_changes == ()
     calm = plan_cycle(
-        1, [Peer("101", "OK (5 ms)")], devices, flapping, at(0), HOUR, recent={}, flap=rule
+        1, [Peer("101", "OK (5 ms)")], devices, flapping, at(0), HOUR, recent_counts={}, flap=rule
     )
     (new,) = calm.state_changes
     assert (new.flapping, new.flapping_since) == (False, None)
