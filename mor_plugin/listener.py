@@ -48,7 +48,6 @@ from .config import Settings
 from .pjsip import Contact, ContactEvent, contact_event_from_fields
 from .status import (
     UNKNOWN,
-    Device,
     FlapRule,
     PeerEvent,
     Plan,
@@ -272,7 +271,7 @@ class Listener:
             not_before = store.poll_observed_at(conn, settings.server_id)
             contact_sets: dict[int, list[Contact]] = {}
             if contact_events:
-                derived, contact_sets = _contacts_to_events(
+                derived, contact_sets = pjsip.apply_contact_events(
                     devices, store.load_contacts_of(conn, ids), contact_events, not_before
                 )
                 events.extend(derived)
@@ -358,40 +357,6 @@ class Listener:
     async def _in_db(self, work: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._db, work, *args)
-
-
-def _contacts_to_events(
-    devices: list[Device],
-    stored: Mapping[int, list[Contact]],
-    contact_events: list[tuple[datetime, ContactEvent]],
-    not_before: Optional[datetime],
-) -> tuple[list[PeerEvent], dict[int, list[Contact]]]:
-    """Apply ``ContactStatus`` events to the stored contacts of the devices with those
-    endpoint names; one direct ``PeerEvent`` per applied event carries the device's
-    combined status (for ``plan_events``), and the devices' new contacts are returned.
-    An event older than the last poll's list (``not_before``) is ignored."""
-    by_name: dict[str, list[Device]] = {}
-    for device in devices:
-        by_name.setdefault(device.name, []).append(device)
-    current: dict[str, list[Contact]] = {}
-    derived: list[PeerEvent] = []
-    for at, event in contact_events:
-        named = by_name.get(event.endpoint)
-        if not named or (not_before is not None and at < not_before):
-            continue
-        if event.endpoint not in current:
-            current[event.endpoint] = list(stored.get(named[0].id, ()))
-        contacts = pjsip.apply_contact_event(current[event.endpoint], event)
-        current[event.endpoint] = contacts
-        value, best = pjsip.best_contact(contacts, named[0].qualify)
-        ip, port = pjsip.contact_address(best) if best is not None else (None, None)
-        derived.append(
-            PeerEvent(
-                event.endpoint, "ContactStatus", at, ip=ip, port=port, direct=True, reg_status=value
-            )
-        )
-    sets = {device.id: current[device.name] for device in devices if device.name in current}
-    return derived, sets
 
 
 async def watch(

@@ -597,9 +597,7 @@ def plan_events(
     also sets and clears the flapping flag. ``counts`` stays empty: the counts are
     the poll's.
     """
-    by_name: dict[str, list[Device]] = {}
-    for device in devices:
-        by_name.setdefault(device.name, []).append(device)
+    by_name = devices_by_name(devices)
     original = {device.id: device.reg_status for device in devices}
     current = dict(original)
     current_states: dict[int, DeviceState] = {}
@@ -661,6 +659,14 @@ def plan_events(
         transitions=tuple(transitions),
         skipped_newer=skipped,
     )
+
+
+def devices_by_name(devices: Iterable[Device]) -> dict[str, list[Device]]:
+    """The devices by name; MOR may hold several devices of one name."""
+    by_name: dict[str, list[Device]] = {}
+    for device in devices:
+        by_name.setdefault(device.name, []).append(device)
+    return by_name
 
 
 # --- notifications ------------------------------------------------------------------

@@ -21,6 +21,7 @@ from mor_plugin.pjsip import (
     Contact,
     ContactEvent,
     apply_contact_event,
+    apply_contact_events,
     best_contact,
     contact_address,
     contact_event_from_fields,
@@ -37,7 +38,7 @@ from mor_plugin.simulator import (
     realistic_endpoints,
     run_in_thread,
 )
-from mor_plugin.status import Peer, kind_of
+from mor_plugin.status import Device, Peer, PeerEvent, kind_of
 
 PJSIP_VERSIONS = ["13", "16", "18", "20", "22"]
 SCRIPT_UA = '<script>alert("ua")</script>'
@@ -204,6 +205,42 @@ def test_contact_events_move_one_contact_of_the_set() -> None:
     }
     assert contact_event_from_fields(fields) == ContactEvent("dev", "dev", a.uri, "Reachable", 1234)
     assert contact_event_from_fields({**fields, "ContactStatus": "Bogus"}) is None
+
+
+def test_a_batch_of_contact_events_gives_each_device_its_combined_status() -> None:
+    t0 = datetime(2026, 11, 29, 12, 0, 0)
+    devices = [Device(1, "dev", "OK (20 ms)", qualify="yes"), Device(2, "other", None)]
+    a = Contact("dev", "dev", "sip:d@10.0.0.1:5060", "Reachable", 20000)
+    b = Contact("dev", "dev", "sip:d@10.0.0.2:5062", "Reachable", 50000)
+
+    def event(uri: str, status: str, endpoint: str = "dev") -> ContactEvent:
+        return ContactEvent(endpoint, endpoint, uri, status, None)
+
+    batch = [
+        (t0.replace(second=1), event(a.uri, "Unreachable")),
+        (t0.replace(second=2), event("sip:x@10.9.9.9", "Reachable", "stranger")),  # no device
+        (t0.replace(second=3), event(b.uri, "Removed")),
+    ]
+    statuses, sets = apply_contact_events(devices, {1: [a, b]}, batch, None)
+    # each event applies to the contacts the one before left: b answers, then it is gone
+    one, two = t0.replace(second=1), t0.replace(second=3)
+    assert statuses == [
+        PeerEvent("dev", "ContactStatus", one, None, "10.0.0.2", 5062, True, "OK (50 ms)"),
+        PeerEvent("dev", "ContactStatus", two, None, "10.0.0.1", 5060, True, "UNREACHABLE"),
+    ]
+    assert [(c.uri, c.status) for c in sets[1]] == [(a.uri, "Unreachable")]
+    assert set(sets) == {1}  # a device no event touched keeps its stored contacts
+    gone, sets = apply_contact_events(devices, {1: [a]}, [(t0, event(a.uri, "Removed"))], None)
+    assert gone == [PeerEvent("dev", "ContactStatus", t0, direct=True)] and sets == {1: []}
+
+
+def test_contact_events_older_than_the_last_poll_are_ignored() -> None:
+    t0 = datetime(2026, 11, 29, 12, 0, 0)
+    devices = [Device(1, "dev", "OK (20 ms)", qualify="yes")]
+    a = Contact("dev", "dev", "sip:d@10.0.0.1:5060", "Reachable", 20000)
+    late = ContactEvent("dev", "dev", a.uri, "Unreachable", None)
+    statuses, sets = apply_contact_events(devices, {1: [a]}, [(t0, late)], t0.replace(second=1))
+    assert (statuses, sets) == ([], {})
 
 
 # --- through the simulator into MariaDB -----------------------------------------------
