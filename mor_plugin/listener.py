@@ -49,7 +49,8 @@ from .pjsip import Contact, ContactEvent, contact_event_from_fields
 from .status import (
     UNKNOWN,
     FlapRule,
-    PeerEvent,
+    KnownStatus,
+    Observation,
     Plan,
     kind_of,
     needs_peer_lookup,
@@ -97,7 +98,7 @@ class Listener:
         self.stop = asyncio.Event()
         self.flap = FlapRule(settings.flap_changes, timedelta(seconds=settings.flap_window))
         self.hook = notify.webhook_from(settings)
-        self._pending: list[PeerEvent] = []
+        self._pending: list[Observation] = []
         self._pending_contacts: list[tuple[datetime, ContactEvent]] = []
         self._arrived = asyncio.Event()
         self._manager: Optional[Any] = None  # the AMI session, for SIPshowpeer look-ups
@@ -228,9 +229,7 @@ class Listener:
                 return
             if registered and kind_of(reg_status) == UNKNOWN:
                 continue  # the qualify answer is not in yet
-            self._pending.append(
-                PeerEvent(name, "SIPshowpeer", self.utc_now(), direct=True, reg_status=reg_status)
-            )
+            self._pending.append(KnownStatus(name, self.utc_now(), reg_status, "SIPshowpeer"))
             self._arrived.set()
             return
 
@@ -251,7 +250,7 @@ class Listener:
 
     def _apply(
         self,
-        peer_events: list[PeerEvent],
+        peer_events: list[Observation],
         contact_events: Optional[list[tuple[datetime, ContactEvent]]] = None,
     ) -> None:
         """Write one batch (worker thread); a failure is logged: the poll heals it."""

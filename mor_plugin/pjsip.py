@@ -40,8 +40,8 @@ from typing import Any, Optional
 from .status import (
     MAX_MS,
     Device,
+    KnownStatus,
     Peer,
-    PeerEvent,
     ascii_int,
     clean_text,
     devices_by_name,
@@ -351,17 +351,17 @@ def apply_contact_events(
     stored: Mapping[int, Sequence[Contact]],
     contact_events: Iterable[tuple[datetime, ContactEvent]],
     not_before: Optional[datetime],
-) -> tuple[list[PeerEvent], dict[int, list[Contact]]]:
+) -> tuple[list[KnownStatus], dict[int, list[Contact]]]:
     """Apply a batch of ``ContactStatus`` events, each with the time it was received, to
     the ``stored`` contacts of the devices with those endpoint names.
 
-    Returns one direct ``PeerEvent`` per applied event, which carries the device's
-    contacts combined (for ``status.plan_events``), and the new contacts of every device
-    an event touched. An event older than the last poll's list (``not_before``) is ignored.
+    Returns one ``KnownStatus`` per applied event, which carries the device's contacts
+    combined (for ``status.plan_events``), and the new contacts of every device an
+    event touched. An event older than the last poll's list (``not_before``) is ignored.
     """
     by_name = devices_by_name(devices)
     current: dict[str, list[Contact]] = {}
-    statuses: list[PeerEvent] = []
+    statuses: list[KnownStatus] = []
     for at, event in contact_events:
         named = by_name.get(event.endpoint)
         if not named or (not_before is not None and at < not_before):
@@ -372,10 +372,6 @@ def apply_contact_events(
         current[event.endpoint] = contacts
         value, best = best_contact(contacts, named[0].qualify)
         ip, port = contact_address(best) if best is not None else (None, None)
-        statuses.append(
-            PeerEvent(
-                event.endpoint, "ContactStatus", at, ip=ip, port=port, direct=True, reg_status=value
-            )
-        )
+        statuses.append(KnownStatus(event.endpoint, at, value, "ContactStatus", ip=ip, port=port))
     sets = {device.id: current[device.name] for device in devices if device.name in current}
     return statuses, sets

@@ -13,7 +13,7 @@ from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 OK = "ok"
 LAGGED = "lagged"
@@ -486,10 +486,24 @@ class PeerEvent:
     time_ms: Optional[int] = None  # the qualify round trip; None when absent or -1
     ip: Optional[str] = None  # Registered only
     port: Optional[int] = None
-    #: PJSIP (``ContactStatus``): the device's new string is already known (combined from
-    #: its contacts by mor_plugin.pjsip; None: no contact left) and replaces ``status``'s rules
-    direct: bool = False
-    reg_status: Optional[str] = None
+
+
+@dataclass(**_VALUE)
+class KnownStatus:
+    """An observation that brings the device's string itself, so no event rule applies:
+    Asterisk's answer to ``SIPshowpeer``, or a PJSIP device's contacts combined after a
+    ``ContactStatus`` event (mor_plugin.pjsip)."""
+
+    name: str  # the device (peer, endpoint) name
+    at: datetime  # when it was observed (UTC)
+    reg_status: Optional[str]  # in chan_sip's format; None: no contact left (NULL)
+    source: str  # what said it, "SIPshowpeer" or "ContactStatus"
+    ip: Optional[str] = None
+    port: Optional[int] = None
+
+
+#: What the event listener applies to a device (``plan_events``).
+Observation = Union[PeerEvent, KnownStatus]
 
 
 def peer_event_from_fields(fields: Mapping[str, str], at: datetime) -> Optional[PeerEvent]:
@@ -516,11 +530,12 @@ def peer_event_from_fields(fields: Mapping[str, str], at: datetime) -> Optional[
     return PeerEvent(name=name, status=status, at=at, time_ms=time_ms, ip=ip, port=port)
 
 
-def needs_peer_lookup(event: PeerEvent) -> bool:
+def needs_peer_lookup(event: Observation) -> bool:
     """Whether the event leaves the status string unknown, so that Asterisk must be asked
     for it (``SIPshowpeer``): a Reachable/Lagged without ``Time``, and a Registered,
-    whose qualify answer follows without an event of its own."""
-    if event.direct:
+    whose qualify answer follows without an event of its own. A ``KnownStatus`` never
+    does: it brings the string."""
+    if isinstance(event, KnownStatus):
         return False
     if event.status in ("Reachable", "Lagged"):
         return event.time_ms is None
@@ -575,7 +590,7 @@ def event_status(
 
 def plan_events(
     server_id: int,
-    events: Sequence[PeerEvent],
+    observations: Sequence[Observation],
     devices: Sequence[Device],
     states: Mapping[int, DeviceState],
     unknown_after: float,
@@ -584,18 +599,14 @@ def plan_events(
     flap: Optional[FlapRule] = None,
     not_before: Optional[datetime] = None,
 ) -> Plan:
-    """Apply a batch of events, in order, to this server's devices with those names.
-
-    The same rules as the poll: ``devices`` holds only this server's SIP devices,
-    the stored strings keep chan_sip's format, the hour rule turns a long
-    UNREACHABLE into UNKNOWN. An event older than what is stored is ignored:
-    older than the last poll's list (``not_before``: that poll saw every device
-    after the event), or than the device's own ``observed_at``. Every device an
-    event changes gets the event's time as ``observed_at``, so that a poll whose
-    list is older leaves it alone. ``recent_times`` holds each device's stored
-    transition times within ``flap.window`` before the batch; with ``flap`` the plan
-    also sets and clears the flapping flag. ``counts`` stays empty: the counts are
-    the poll's.
+    """Apply a batch of observations, in order, to this server's devices with those names,
+    by the poll's rules (chan_sip's strings, the hour rule). An observation older than what
+    is stored is ignored: older than the last poll's list (``not_before``: that poll saw
+    every device after it) or than the device's own ``observed_at``. A device it changes
+    gets its time as ``observed_at``, so that a poll whose list is older leaves it alone.
+    ``recent_times`` holds each device's stored transition times within ``flap.window``
+    before the batch; with ``flap`` the plan also sets and clears the flapping flag.
+    ``counts`` stays empty: the counts are the poll's.
     """
     by_name = devices_by_name(devices)
     original = {device.id: device.reg_status for device in devices}
@@ -604,46 +615,23 @@ def plan_events(
     times: dict[int, list[datetime]] = {}
     transitions: list[Transition] = []
     skipped = 0
-    for event in events:
-        for device in by_name.get(event.name, ()):
+    for observation in observations:
+        at = observation.at
+        for device in by_name.get(observation.name, ()):
             previous = current_states.get(device.id) or states.get(device.id)
-            if (not_before is not None and event.at < not_before) or observed_later(
-                previous, event.at
-            ):
+            if (not_before is not None and at < not_before) or observed_later(previous, at):
                 skipped += 1
                 continue
-            if event.direct:
-                raw = event.reg_status
-            else:
-                raw = event_status(event.status, event.time_ms, device.qualify, current[device.id])
-            if raw is None and event.ip is None and not event.direct:
+            reading = _reading(observation, device, current[device.id], previous, unknown_after)
+            if reading is None:
                 continue
-            if raw is None and event.direct:
-                reg_status, unreachable_since = None, None
-            elif raw is None:
-                reg_status = current[device.id]
-                unreachable_since = previous.unreachable_since if previous else None
-            else:
-                reg_status, unreachable_since = effective_status(
-                    Peer(event.name, raw), previous, event.at, unknown_after
-                )
-            ip = event.ip if event.ip is not None else (previous.ip if previous else None)
-            port = event.port if event.ip is not None else (previous.port if previous else None)
-            state = _next_state(
-                server_id, device.id, previous, reg_status, unreachable_since, ip, port, event.at
+            stored = times.setdefault(device.id, list((recent_times or {}).get(device.id, ())))
+            state, transition = _event_step(
+                server_id, device, previous, current[device.id], observation, reading, stored, flap
             )
-            moved = False
-            if previous is not None and previous.status != state.status:
-                moved = True
-                transitions.append(_transition(previous, state, reg_status, event.at, "event"))
-            if flap is not None and (moved or state.flapping):
-                stored = times.setdefault(device.id, list((recent_times or {}).get(device.id, ())))
-                state = flap_update(state, stored, moved, event.at, flap)
-                if moved:
-                    stored.append(event.at)
-            if reg_status != current[device.id] or state != (previous or state):
-                state = replace(state, observed_at=event.at)
-            current[device.id] = reg_status
+            if transition is not None:
+                transitions.append(transition)
+            current[device.id] = reading[0]
             current_states[device.id] = state
     return Plan(
         reg_status_changes=tuple(
@@ -667,6 +655,60 @@ def devices_by_name(devices: Iterable[Device]) -> dict[str, list[Device]]:
     for device in devices:
         by_name.setdefault(device.name, []).append(device)
     return by_name
+
+
+def _reading(
+    observation: Observation,
+    device: Device,
+    reg_status: Optional[str],
+    previous: Optional[DeviceState],
+    unknown_after: float,
+) -> Optional[tuple[Optional[str], Optional[datetime]]]:
+    """The string ``observation`` gives a device whose string is ``reg_status``, and since
+    when the device is unreachable; None when it changes nothing."""
+    if isinstance(observation, KnownStatus):
+        raw = observation.reg_status
+        if raw is None:
+            return None, None  # no contact left: NULL, as for a peer the poll does not list
+    else:
+        raw = event_status(observation.status, observation.time_ms, device.qualify, reg_status)
+        if raw is None:
+            if observation.ip is None:
+                return None
+            # only the address is new: the string and the unreachable clock stay
+            return reg_status, previous.unreachable_since if previous else None
+    return effective_status(Peer(observation.name, raw), previous, observation.at, unknown_after)
+
+
+def _event_step(
+    server_id: int,
+    device: Device,
+    previous: Optional[DeviceState],
+    reg_status_before: Optional[str],
+    observation: Observation,
+    reading: tuple[Optional[str], Optional[datetime]],
+    stored_times: list[datetime],
+    flap: Optional[FlapRule],
+) -> tuple[DeviceState, Optional[Transition]]:
+    """One device after one observation: its kept state, and the transition when its
+    bullet changed colour. ``stored_times`` (its transition times) gains this one."""
+    reg_status, unreachable_since = reading
+    at = observation.at
+    ip: Optional[str] = observation.ip
+    port = observation.port
+    if ip is None:
+        ip, port = (previous.ip, previous.port) if previous else (None, None)
+    state = _next_state(server_id, device.id, previous, reg_status, unreachable_since, ip, port, at)
+    transition = None
+    if previous is not None and previous.status != state.status:
+        transition = _transition(previous, state, reg_status, at, "event")
+    if flap is not None and (transition is not None or state.flapping):
+        state = flap_update(state, stored_times, transition is not None, at, flap)
+        if transition is not None:
+            stored_times.append(at)
+    if reg_status != reg_status_before or (previous is not None and state != previous):
+        state = replace(state, observed_at=at)
+    return state, transition
 
 
 # --- notifications ------------------------------------------------------------------

@@ -13,6 +13,7 @@ from mor_plugin.status import (
     Device,
     DeviceState,
     FlapRule,
+    KnownStatus,
     Notified,
     Peer,
     PeerEvent,
@@ -100,7 +101,7 @@ def test_qualify_limit(qualify: Optional[str], limit: Optional[int]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "time_ms", "direct", "expected"),
+    ("status", "time_ms", "known", "expected"),
     [
         ("Reachable", None, False, True),  # chan_sip after Unreachable: no Time
         ("Lagged", None, False, True),
@@ -114,9 +115,13 @@ def test_qualify_limit(qualify: Optional[str], limit: Optional[int]) -> None:
     ],
 )
 def test_events_that_leave_the_status_unknown_need_a_look_up(
-    status: str, time_ms: Optional[int], direct: bool, expected: bool
+    status: str, time_ms: Optional[int], known: bool, expected: bool
 ) -> None:
-    event = PeerEvent("101", status, T0, time_ms, direct=direct, reg_status="OK (1 ms)")
+    event = (
+        KnownStatus("101", T0, "OK (1 ms)", "SIPshowpeer")
+        if known
+        else PeerEvent("101", status, T0, time_ms)
+    )
     assert needs_peer_lookup(event) is expected
 
 

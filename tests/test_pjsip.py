@@ -38,7 +38,7 @@ from mor_plugin.simulator import (
     realistic_endpoints,
     run_in_thread,
 )
-from mor_plugin.status import Device, Peer, PeerEvent, kind_of
+from mor_plugin.status import Device, KnownStatus, Peer, kind_of
 
 PJSIP_VERSIONS = ["13", "16", "18", "20", "22"]
 SCRIPT_UA = '<script>alert("ua")</script>'
@@ -223,15 +223,14 @@ def test_a_batch_of_contact_events_gives_each_device_its_combined_status() -> No
     ]
     statuses, sets = apply_contact_events(devices, {1: [a, b]}, batch, None)
     # each event applies to the contacts the one before left: b answers, then it is gone
-    one, two = t0.replace(second=1), t0.replace(second=3)
     assert statuses == [
-        PeerEvent("dev", "ContactStatus", one, None, "10.0.0.2", 5062, True, "OK (50 ms)"),
-        PeerEvent("dev", "ContactStatus", two, None, "10.0.0.1", 5060, True, "UNREACHABLE"),
+        KnownStatus("dev", t0.replace(second=1), "OK (50 ms)", "ContactStatus", "10.0.0.2", 5062),
+        KnownStatus("dev", t0.replace(second=3), "UNREACHABLE", "ContactStatus", "10.0.0.1", 5060),
     ]
     assert [(c.uri, c.status) for c in sets[1]] == [(a.uri, "Unreachable")]
     assert set(sets) == {1}  # a device no event touched keeps its stored contacts
     gone, sets = apply_contact_events(devices, {1: [a]}, [(t0, event(a.uri, "Removed"))], None)
-    assert gone == [PeerEvent("dev", "ContactStatus", t0, direct=True)] and sets == {1: []}
+    assert gone == [KnownStatus("dev", t0, None, "ContactStatus")] and sets == {1: []}
 
 
 def test_contact_events_older_than_the_last_poll_are_ignored() -> None:
@@ -694,18 +693,16 @@ def test_contact_status_events_carry_the_fields_of_stasis_endpoints() -> None:
         assert dict(event)["ContactStatus"] == label
 
 
-def test_a_direct_event_sets_the_combined_string_or_null() -> None:
-    from mor_plugin.status import Device, DeviceState, PeerEvent, plan_events
+def test_a_known_status_sets_the_combined_string_or_null() -> None:
+    from mor_plugin.status import Device, DeviceState, KnownStatus, plan_events
 
     at = datetime(2026, 11, 29, 12, 0, 0)
     device = Device(1, "101", "OK (12 ms)", qualify="yes")
     state = DeviceState(1, 1, "ok", at, observed_at=at, ip="10.0.0.1", port=5060)
-    gone = PeerEvent("101", "ContactStatus", at.replace(second=5), direct=True, reg_status=None)
+    gone = KnownStatus("101", at.replace(second=5), None, "ContactStatus")
     plan = plan_events(1, [gone], [device], {1: state}, 3600)
     assert plan.reg_status_changes == ((1, None),)
     assert [(t.from_status, t.to_status) for t in plan.transitions] == [("ok", "none")]
-    down = PeerEvent(
-        "101", "ContactStatus", at.replace(second=6), direct=True, reg_status="UNREACHABLE"
-    )
+    down = KnownStatus("101", at.replace(second=6), "UNREACHABLE", "ContactStatus")
     plan = plan_events(1, [down], [device], {1: state}, 0)  # the hour rule applies as for chan_sip
     assert plan.reg_status_changes == ((1, "UNKNOWN"),)
