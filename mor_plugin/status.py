@@ -287,27 +287,14 @@ def plan_cycle(
     flap: Optional[FlapRule] = None,
     sample_latency: bool = False,
 ) -> Plan:
-    """Diff what Asterisk lists against what is stored for this server's devices.
-
-    Only devices assigned to this server are considered (``devices`` holds no
-    others); a device that Asterisk does not list gets NULL. Peers without a
-    device here are returned as ``unmatched_peers`` for the wrong-server check.
-
-    ``now`` is when the list was observed: a device whose stored observation is
-    newer (an event the listener applied meanwhile) is left alone. ``recent_counts``
-    counts each device's stored transitions within ``flap.window`` before ``now``
-    (counts, not times: an outage moves 30 % of 100k devices); with ``flap`` the
-    plan also sets and clears the flapping flag.
-    """
-    # One pass over the devices, looking each one's peer up by name: no per-device
-    # maps besides the plan itself (100k devices are the bulk of a run's memory).
-    peer_by_name: dict[str, Peer] = {}
-    listed = 0
-    for peer in peers:
-        listed += 1
-        peer_by_name[peer.name] = peer
-    matched: set[str] = set()
-
+    """Diff what Asterisk lists (observed at ``now``) against what is stored for this
+    server's devices, the only ones in ``devices``: an unlisted device gets NULL, one with
+    a newer stored observation (an event) is left alone, a peer of no device here is
+    unmatched (for the wrong-server check). ``recent_counts`` holds each device's stored
+    transitions within ``flap.window`` before ``now`` (counts, not times: an outage moves
+    30 % of 100k devices); with ``flap`` the plan also sets and clears the flapping flag."""
+    # one pass, no per-device maps besides the plan: 100k devices are most of a run's memory
+    peer_by_name, listed = _peers_by_name(peers)
     counts = dict.fromkeys(KINDS, 0)
     reg_changes: list[tuple[int, Optional[str]]] = []
     state_changes: list[DeviceState] = []
@@ -318,57 +305,88 @@ def plan_cycle(
     for device in devices:
         previous = states.get(device.id)
         with_state += previous is not None
-        found = peer_by_name.get(device.name)
-        if found is not None:
-            matched.add(device.name)
         if observed_later(previous, now):
             left_alone.append(device.id)
             counts[kind_of(device.reg_status)] += 1
             continue
-        if found is None:
-            value: Optional[str] = None
-            state = _next_state(server_id, device.id, previous, None, None, None, None, now)
-        else:
-            value, unreachable_since = effective_status(found, previous, now, unknown_after)
-            state = _next_state(
-                server_id, device.id, previous, value, unreachable_since, found.ip, found.port, now
-            )
-        counts[kind_of(value)] += 1
+        peer = peer_by_name.get(device.name)
+        value, state, transition = _poll_step(
+            server_id, device, peer, previous, now, unknown_after, recent_counts, flap
+        )
+        counts[state.status] += 1
         if value != device.reg_status:
             reg_changes.append((device.id, value))
-        moved = False
-        if previous is not None and previous.status != state.status:
-            moved = True
-            transitions.append(_transition(previous, state, value, now, "poll"))
-        if flap is not None and (moved or (previous is not None and previous.flapping)):
-            count = (recent_counts or {}).get(device.id, 0) + moved
-            state = flap_set(state, count >= flap.changes, now)
+        if transition is not None:
+            transitions.append(transition)
         if state != previous:
             state_changes.append(state)
-        if sample_latency and state.status in (OK, LAGGED):
-            ms = latency_ms(value)
-            if ms is not None:
-                samples.append(device.id)
-                samples.append(ms)
-
-    unmatched = [peer for name, peer in peer_by_name.items() if name not in matched]
-    # kept states of devices gone from this server; usually none, so skip the set work
-    forgotten: tuple[int, ...] = ()
-    if with_state != len(states):
-        forgotten = tuple(sorted(set(states) - {device.id for device in devices}))
-
+        ms = latency_ms(value) if sample_latency else None  # OK and LAGGED have one
+        if ms is not None:
+            samples.extend((device.id, ms))
     return Plan(
         reg_status_changes=tuple(reg_changes),
         state_changes=tuple(state_changes),
         counts=counts,
-        unmatched_peers=tuple(unmatched),
-        forgotten_device_ids=forgotten,
+        unmatched_peers=_unmatched(peer_by_name, devices),
+        forgotten_device_ids=_forgotten(states, devices) if with_state != len(states) else (),
         peers_listed=listed,
         transitions=tuple(transitions),
         latency_samples=samples,
         left_alone=frozenset(left_alone),
         skipped_newer=len(left_alone),
     )
+
+
+def _peers_by_name(peers: Iterable[Peer]) -> tuple[dict[str, Peer], int]:
+    """The listed peers by name (the last of a name wins), and how many were listed."""
+    by_name: dict[str, Peer] = {}
+    listed = 0
+    for peer in peers:
+        listed += 1
+        by_name[peer.name] = peer
+    return by_name, listed
+
+
+def _unmatched(peer_by_name: Mapping[str, Peer], devices: Sequence[Device]) -> tuple[Peer, ...]:
+    """The listed peers that no device of this server is named after."""
+    names = {device.name for device in devices}
+    return tuple(peer for name, peer in peer_by_name.items() if name not in names)
+
+
+def _forgotten(states: Mapping[int, DeviceState], devices: Sequence[Device]) -> tuple[int, ...]:
+    """Ids of kept states whose device is no longer this server's (deleted, re-homed);
+    usually none, so the caller asks only when fewer devices than states had one."""
+    return tuple(sorted(set(states) - {device.id for device in devices}))
+
+
+def _poll_step(
+    server_id: int,
+    device: Device,
+    peer: Optional[Peer],
+    previous: Optional[DeviceState],
+    now: datetime,
+    unknown_after: float,
+    recent_counts: Optional[Mapping[int, int]],
+    flap: Optional[FlapRule],
+) -> tuple[Optional[str], DeviceState, Optional[Transition]]:
+    """One device after the poll: the string to store (None: not listed), its kept
+    state, and the transition when its bullet changed colour."""
+    if peer is None:
+        value: Optional[str] = None
+        state = _next_state(server_id, device.id, previous, None, None, None, None, now)
+    else:
+        value, unreachable_since = effective_status(peer, previous, now, unknown_after)
+        state = _next_state(
+            server_id, device.id, previous, value, unreachable_since, peer.ip, peer.port, now
+        )
+    transition = None
+    if previous is not None and previous.status != state.status:
+        transition = _transition(previous, state, value, now, "poll")
+    was_flapping = previous is not None and previous.flapping
+    if flap is not None and (transition is not None or was_flapping):
+        count = (recent_counts or {}).get(device.id, 0) + (transition is not None)
+        state = flap_set(state, count >= flap.changes, now)
+    return value, state, transition
 
 
 def _transition(
