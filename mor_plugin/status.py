@@ -434,7 +434,14 @@ def _next_state(
             port=port,
             observed_at=now,
         )
-    candidate = replace(
+    if (
+        previous.status == kind
+        and previous.server_id == server_id
+        and previous.unreachable_since == unreachable_since
+        and (ip is None or (ip == previous.ip and port == previous.port))
+    ):
+        return previous  # the common case, checked without building a copy
+    return replace(
         previous,
         server_id=server_id,
         status=kind,
@@ -442,10 +449,9 @@ def _next_state(
         unreachable_since=unreachable_since,
         ip=ip if ip is not None else previous.ip,
         port=port if ip is not None else previous.port,
+        last_seen=now if seen else previous.last_seen,
+        observed_at=now,
     )
-    if candidate == previous:
-        return previous
-    return replace(candidate, last_seen=now if seen else previous.last_seen, observed_at=now)
 
 
 # --- flapping -------------------------------------------------------------------
