@@ -135,8 +135,7 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
     character split between two chunks is lost) and turns every message into a
     case-insensitive ``Message``; an action answered with a list keeps every
     message of it until the list ends (100k ``PeerEntry`` events: ~4 s and
-    ~500 MB, see docs/PERFORMANCE.md). So here ``_MessageReader`` cuts the stream
-    into messages, and:
+    ~500 MB). So here ``_MessageReader`` cuts the stream into messages, and:
 
     * every message carrying the ActionID of a list action sent with
       ``send_list`` goes to that action as text, and none of them to panoramisk;
@@ -168,7 +167,11 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
         return banner.partition("/")[2].strip()
 
     def send_list(self, action: _ListAction) -> None:
-        """Send a list action: every message with its ActionID goes to ``action.read``."""
+        """Send a list action: every message with its ActionID goes to ``action.read``.
+
+        Not through panoramisk's ``send``: that would register the action to collect
+        answers, and none of them reaches panoramisk.
+        """
         action_id = f"mor-list-{next(self._list_ids)}"
         self._lists[action_id] = action
         lines = [f"Action: {action.name}", f"ActionID: {action_id}"]
@@ -296,7 +299,7 @@ class _ListAction:
             if self.first.get("Response", "").strip() == "Success":
                 return
         else:
-            return  # a line no message starts with
+            return  # neither an answer nor an event: nothing to read
         self.done = True
         self.finished()
 
