@@ -36,27 +36,25 @@ import logging
 import signal
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Callable, Optional, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import ami, notify, pjsip, store, textfile
+from . import ami, notify, store, textfile
 from .ami import AmiAuthError, AmiEndpoint, AmiError
 from .config import Settings
-from .pjsip import Contact, ContactEvent, contact_event_from_fields
+from .pjsip import ContactEvent, contact_event_from_fields
+from .plans import Rules, plan_batch
 from .status import (
     UNKNOWN,
-    FlapRule,
     KnownStatus,
     Observation,
     Plan,
     kind_of,
     needs_peer_lookup,
-    observed_later,
     peer_event_from_fields,
-    plan_events,
 )
 
 log = logging.getLogger(__name__)
@@ -96,7 +94,7 @@ class Listener:
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
         self.stop = asyncio.Event()
-        self.flap = FlapRule(settings.flap_changes, timedelta(seconds=settings.flap_window))
+        self.rules = Rules.of(settings)
         self.hook = notify.webhook_from(settings)
         self._pending: list[Observation] = []
         self._pending_contacts: list[tuple[datetime, ContactEvent]] = []
@@ -255,51 +253,18 @@ class Listener:
     ) -> None:
         """Write one batch (worker thread); a failure is logged: the poll heals it."""
         settings = self.settings
-        plan: Optional[Plan] = None
         contact_events = contact_events or []
         count = len(peer_events) + len(contact_events)
+        names = {e.name for e in peer_events} | {e.endpoint for _, e in contact_events}
+        earliest = min(at for at in [e.at for e in peer_events] + [at for at, _ in contact_events])
 
         def work(conn: Connection) -> Plan:
-            events = list(peer_events)  # a retried transaction starts afresh
-            names = {e.name for e in peer_events} | {e.endpoint for _, e in contact_events}
-            devices = store.load_devices_named(conn, settings.server_id, names)
-            if not devices:
-                return plan_events(settings.server_id, events, [], {}, settings.unknown_after)
-            ids = [device.id for device in devices]
-            states = store.load_states_of(conn, ids)
-            not_before = store.poll_observed_at(conn, settings.server_id)
-            contact_sets: dict[int, list[Contact]] = {}
-            if contact_events:
-                derived, contact_sets = pjsip.apply_contact_events(
-                    devices, store.load_contacts_of(conn, ids), contact_events, not_before
-                )
-                events.extend(derived)
-                events.sort(key=lambda event: event.at)
-                latest = max(at for at, _ in contact_events)
-                contact_sets = {  # a device a newer poll wrote keeps the poll's contacts
-                    device_id: contacts
-                    for device_id, contacts in contact_sets.items()
-                    if not observed_later(states.get(device_id), latest)
-                }
-            if not events:
-                return plan_events(settings.server_id, [], [], {}, settings.unknown_after)
-            earliest = min(event.at for event in events)
-            recent_times = store.load_recent_transitions(
-                conn, settings.server_id, earliest - self.flap.window
+            inputs = store.load_batch_inputs(
+                conn, self.rules, names, earliest, with_contacts=bool(contact_events)
             )
-            batch_plan = plan_events(
-                settings.server_id,
-                events,
-                devices,
-                states,
-                settings.unknown_after,
-                recent_times=recent_times,
-                flap=self.flap,
-                not_before=not_before,
-            )
-            store.write_event_plan(conn, settings.server_id, batch_plan, self.utc_now())
-            store.replace_contacts(conn, settings.server_id, contact_sets, self.utc_now())
-            return batch_plan
+            planned = plan_batch(self.rules, peer_events, contact_events, inputs)
+            store.write_batch(conn, settings.server_id, planned, self.utc_now())
+            return planned.plan
 
         try:
             plan = store.in_transaction(
