@@ -236,7 +236,7 @@ def mor_database() -> Iterator[RealtimeDb]:
     except pymysql.err.OperationalError as err:
         raise TestbedError(f"MariaDB is not reachable on {mariadb.SOCKET}: {err}") from err
     try:
-        with mariadb.scratch_mor_database(root, "mor_record") as login:
+        with mariadb.scratch_mor_database("mor_record", root=root) as login:
             with root.cursor() as cur:
                 devices = [(n, q) for n, q, _, _ in SIP_PHONES] + [SIP_EVENT_PHONE]
                 for device_id, (device, qualify) in enumerate(devices, start=1):

@@ -7,10 +7,7 @@ password limited to it, dropped afterwards.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,14 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-import pymysql
 import pytest
 from ansible_runner import Ansible
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from mor_plugin import schema
-from testbed.mariadb import root_connection, scratch_mor_database
+from testbed.mariadb import scratch_mor_database
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -45,44 +41,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
 
     items.sort(key=rank)
-
-
-def _ensure_mariadb_running() -> None:
-    try:
-        root_connection().close()
-        return
-    except pymysql.err.OperationalError:
-        pass
-    if os.geteuid() != 0:
-        pytest.exit("MariaDB is not running and only root can start it: run 'make test' as root", 2)
-    subprocess.run(["install", "-d", "-o", "mysql", "-g", "mysql", "/run/mysqld"], check=True)
-    subprocess.run(
-        [
-            "start-stop-daemon",
-            "--start",
-            "--oknodo",
-            "--background",
-            "--chuid",
-            "mysql",
-            "--exec",
-            "/usr/sbin/mariadbd",
-        ],
-        check=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            root_connection().close()
-            return
-        except pymysql.err.OperationalError:
-            time.sleep(0.3)
-    pytest.exit("MariaDB did not start within 30 s (see /var/log/mysql/error.log)", 2)
-
-
-@pytest.fixture(scope="session")
-def mariadb() -> None:
-    """MariaDB is up (started here if it is down)."""
-    _ensure_mariadb_running()
 
 
 @dataclass
@@ -187,15 +145,12 @@ class MorDatabase:
 @contextmanager
 def mor_database(prefix: str = "mor_t") -> Iterator[MorDatabase]:
     """A fresh MOR database on the real MariaDB with a password user of its own; dropped after."""
-    root = root_connection()
-    try:
-        with scratch_mor_database(root, prefix) as (name, user, password):
-            url = f"mysql+pymysql://{user}:{password}@127.0.0.1:3306/{name}?charset=utf8mb4"
-            engine = create_engine(url, pool_pre_ping=True)
-            yield MorDatabase(name=name, user=user, password=password, url=url, engine=engine)
+    with scratch_mor_database(prefix) as scratch:
+        engine = create_engine(scratch.url, pool_pre_ping=True)
+        try:
+            yield MorDatabase(*scratch, url=scratch.url, engine=engine)
+        finally:
             engine.dispose()
-    finally:
-        root.close()
 
 
 @pytest.fixture

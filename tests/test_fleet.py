@@ -50,7 +50,7 @@ from testbed.asterisk import (
     mor_files,
 )
 from testbed.hosts import Host, boot_host
-from testbed.mariadb import root_connection
+from testbed.mariadb import root_connection, sqlalchemy_url
 from testbed.phones import NEVER, Phone, PhoneBank
 from widget.signing import sign_url
 
@@ -112,7 +112,7 @@ def widget_login(db: MorDatabase) -> Iterator[tuple[str, str]]:
     try:
         with root.cursor() as cur:
             cur.execute(f"CREATE USER {account} IDENTIFIED BY '{password}'")
-        yield account, f"mysql+pymysql://{name}:{password}@127.0.0.1:3306/{db.name}?charset=utf8mb4"
+        yield account, sqlalchemy_url(name, password, db.name)
     finally:
         with root.cursor() as cur:
             cur.execute(f"DROP USER IF EXISTS {account}")
