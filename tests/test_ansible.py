@@ -44,7 +44,7 @@ from ansible_runner import (
     wait_for_http,
     widget_vars,
 )
-from conftest import MorDatabase, mor_database
+from regstatus_helpers import MorDatabase, mor_database
 
 from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
 

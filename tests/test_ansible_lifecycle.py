@@ -27,7 +27,7 @@ from ansible_runner import (
     tree,
     widget_vars,
 )
-from conftest import mor_database
+from regstatus_helpers import mor_database
 
 from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, MorDatabase
-from test_collector import write_conf
+from regstatus_helpers import ROOT, MorDatabase, write_conf
 
 from mor_plugin import cli
 from mor_plugin.simulator import AmiSimulator, Faults, realistic_peers, run_in_thread

@@ -37,8 +37,7 @@ from ansible_runner import (
     seed_mor_server,
     wait_for_http,
 )
-from conftest import MorDatabase, mor_database
-from regstatus_helpers import wait_for
+from regstatus_helpers import MorDatabase, mor_database, wait_for
 
 from testbed.asterisk import (
     RELEASES,

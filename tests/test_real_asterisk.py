@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import MorDatabase, mor_database
-from regstatus_helpers import listening, wait_for
-from test_collector import run, summary, write_conf
+from regstatus_helpers import (
+    MorDatabase,
+    listening,
+    mor_database,
+    run,
+    summary,
+    wait_for,
+    write_conf,
+)
 
 from mor_plugin.config import load_settings
 from testbed.asterisk import (

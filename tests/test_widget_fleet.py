@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, MorDatabase
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from test_widget import SECRET, make_app, signed, text_of
+from regstatus_helpers import ROOT, MorDatabase, make_app, signed, text_of
+from regstatus_helpers import WIDGET_SECRET as SECRET
 
 from mor_plugin import schema
 from widget import ConfigError
@@ -28,18 +28,6 @@ from widget import ConfigError
 pytestmark = pytest.mark.mariadb
 
 EVIL = "<script>alert(1)</script>"
-
-
-@pytest.fixture(autouse=True)
-def _no_widget_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in (
-        "MOR_WIDGET_DB_URL",
-        "MOR_WIDGET_SECRET",
-        "MOR_WIDGET_CONFIG",
-        "MOR_WIDGET_METRICS_ALLOW",
-        "MOR_WIDGET_STALE_AFTER",
-    ):
-        monkeypatch.delenv(key, raising=False)
 
 
 def utcnow() -> datetime:
