@@ -36,7 +36,6 @@ from ansible_runner import (
     Ansible,
     Run,
     collector_vars,
-    free_port,
     local_fact,
     read_env_file,
     seed_mor_server,
@@ -47,6 +46,7 @@ from ansible_runner import (
 from regstatus_helpers import MorDatabase, mor_database
 
 from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
+from testbed.asterisk import free_port
 
 pytestmark = pytest.mark.ansible
 

@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import json
 import re
-import socket
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from regstatus_helpers import (
 )
 from regstatus_helpers import WIDGET_SECRET as SECRET
 
+from testbed.asterisk import free_port as closed_port
 from widget import ConfigError, create_app
 from widget.signing import sign_url
 
@@ -63,12 +63,6 @@ def client(world: MorDatabase) -> FlaskClient:
 @pytest.fixture
 def signed_client(world: MorDatabase) -> FlaskClient:
     return make_app(world.url, MOR_WIDGET_SECRET=SECRET).test_client()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------- device edit page iframe

@@ -23,6 +23,7 @@ from regstatus_helpers import ROOT, MorDatabase, make_app, signed, text_of
 from regstatus_helpers import WIDGET_SECRET as SECRET
 
 from mor_plugin import schema
+from testbed.asterisk import free_port
 from widget import ConfigError
 
 pytestmark = pytest.mark.mariadb
@@ -430,12 +431,6 @@ def test_metrics_answer_503_when_the_database_is_down() -> None:
 
 
 # ---------------------------------------------------------------- under gunicorn
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fetch(url: str) -> str:
