@@ -21,7 +21,6 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, notify, pjsip, store, textfile
 from .ami import AmiEndpoint, AmiError, PeerList, get_peer_list
+from .atomic import atomic_write
 from .config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_LOCK_FILE,
@@ -293,17 +293,7 @@ def _without_cyclic_gc() -> Iterator[None]:
 
 def write_state_file(path: Path, payload: dict[str, Any]) -> None:
     """Atomically replace the state file that the Ansible fact reads."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _previous_success(path: Path) -> Optional[str]:
