@@ -5,11 +5,11 @@
 - ``mor_db``: a MOR database of the test's own on it (MOR X5's ``devices``, ``servers``,
   ``server_devices``, ``users``) and a MySQL user with a password limited to it, both
   dropped afterwards.
-- ``world``, ``mor``, ``sim``: a MOR server as the collector meets it. ``mor`` is
-  ``mor_db`` holding the world's servers and devices, ``sim`` the simulated Asterisk
+- ``collector_world``, ``mor``, ``sim``: a MOR server as the collector meets it. ``mor``
+  is ``mor_db`` holding the world's servers and devices, ``sim`` the simulated Asterisk
   listing its peers, on 127.0.0.1, for the test alone. The world is
-  ``regstatus_helpers.EVERY_STATUS`` unless a test file overrides ``world`` with another, or
-  ``mor`` and ``sim`` with a world of its own.
+  ``regstatus_helpers.EVERY_STATUS``, unless a test file overrides ``collector_world``
+  with another, or ``mor`` and ``sim`` with a world of its own.
 - ``sqlite_url``: a SQLite file with the MOR columns the project uses (the demo's default).
 - ``wheelhouse`` (the session's) and ``ansible`` (a test file's): the Ansible controller.
 - ``artifacts_dir``: where tests leave screenshots and logs for a human.
@@ -28,8 +28,8 @@ from ansible_runner import Ansible
 from regstatus_helpers import (
     EVERY_STATUS,
     ROOT,
+    CollectorWorld,
     MorDatabase,
-    World,
     clear_widget_env,
     mor_database,
     simulated_asterisk,
@@ -58,6 +58,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_widget_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own MOR_WIDGET_* settings never reach a test."""
     clear_widget_env(monkeypatch)
 
 
@@ -78,23 +79,24 @@ def mor_db(mariadb: None) -> Iterator[MorDatabase]:
 
 
 @pytest.fixture
-def world() -> World:
+def collector_world() -> CollectorWorld:
     """The MOR server that ``mor`` and ``sim`` build."""
     return EVERY_STATUS
 
 
 @pytest.fixture
-def sim(world: World) -> Iterator[AmiSimulator]:
+def sim(collector_world: CollectorWorld) -> Iterator[AmiSimulator]:
     """The world's Asterisk, simulated."""
-    peers = [replace(peer) for peer in world.peers]  # the test's own: it may change them
-    with simulated_asterisk(peers, world.asterisk) as running:
+    # the test's own copies: it may change them
+    peers = [replace(peer) for peer in collector_world.peers]
+    with simulated_asterisk(peers, collector_world.asterisk) as running:
         yield running
 
 
 @pytest.fixture
-def mor(world: World, mor_db: MorDatabase) -> MorDatabase:
+def mor(collector_world: CollectorWorld, mor_db: MorDatabase) -> MorDatabase:
     """This test's MOR database, holding the world's servers and devices."""
-    world.fill(mor_db)
+    collector_world.fill(mor_db)
     return mor_db
 
 

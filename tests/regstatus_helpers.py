@@ -212,7 +212,7 @@ def simulated_asterisk(
 
 
 @dataclass(frozen=True)
-class World:
+class CollectorWorld:
     """A MOR server (id 1) as the collector meets it: the Asterisk beside it, simulated,
     and what MOR's database holds."""
 
@@ -241,7 +241,7 @@ def _every_status(db: MorDatabase) -> None:
 
 
 #: Asterisk 11 listing a peer of each status, one of server 2 and one with a hostile name
-EVERY_STATUS = World(
+EVERY_STATUS = CollectorWorld(
     asterisk="11",
     peers=(
         SimPeer("101", "OK (12 ms)", ip="10.0.0.1", port=5060),
@@ -265,7 +265,7 @@ def _with_a_provider(db: MorDatabase) -> None:
 
 
 #: Asterisk 13 listing devices 1-4 of server 1: OK, OK (a provider's), LAGGED, Unmonitored
-WITH_A_PROVIDER = World(
+WITH_A_PROVIDER = CollectorWorld(
     asterisk="13",
     peers=(
         SimPeer("101", "OK (12 ms)", ip="10.0.0.1", port=5060),

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from regstatus_helpers import (
     WITH_A_PROVIDER,
+    CollectorWorld,
     MorDatabase,
     Receiver,
-    World,
     summary,
     utc_now,
     write_conf,
@@ -28,7 +28,7 @@ SECRET = "hook-secret"
 
 
 @pytest.fixture
-def world() -> World:
+def collector_world() -> CollectorWorld:
     """Device 2 is a provider's: the webhook tests alert on it."""
     return WITH_A_PROVIDER
 

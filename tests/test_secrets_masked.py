@@ -16,9 +16,9 @@ from typing import Callable
 import pytest
 from regstatus_helpers import (
     WITH_A_PROVIDER,
+    CollectorWorld,
     MorDatabase,
     Receiver,
-    World,
     run,
     summary,
     write_conf,
@@ -31,7 +31,7 @@ SECRETS = ("hunter2", "t0k3n")
 
 
 @pytest.fixture
-def world() -> World:
+def collector_world() -> CollectorWorld:
     """Device 2 is a provider's: the webhook tests alert on it."""
     return WITH_A_PROVIDER
 

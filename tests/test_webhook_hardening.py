@@ -22,9 +22,9 @@ import pytest
 from regstatus_helpers import (
     ROOT,
     WITH_A_PROVIDER,
+    CollectorWorld,
     MorDatabase,
     Receiver,
-    World,
     summary,
     utc_now,
     write_conf,
@@ -36,7 +36,7 @@ from mor_plugin.status import Notified
 
 
 @pytest.fixture
-def world() -> World:
+def collector_world() -> CollectorWorld:
     """Device 2 is a provider's: the webhook tests alert on it."""
     return WITH_A_PROVIDER
 
