@@ -406,7 +406,7 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
             states: dict[int, DeviceState] = (
                 store.load_states(conn, settings.server_id) if migrated else {}
             )
-            recent = (
+            recent_counts = (
                 store.count_recent_transitions(conn, settings.server_id, observed - flap.window)
                 if migrated
                 else {}
@@ -430,7 +430,7 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
                 states,
                 observed,
                 settings.unknown_after,
-                recent=recent,
+                recent_counts=recent_counts,
                 flap=flap,
                 sample_latency=sample and not dry_run,
             )
@@ -460,17 +460,12 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
                 observed_at=observed,
             )
             summary.changed = store.write_plan(conn, settings.server_id, plan, wrong, now, run)
-            newer = {
-                device_id
-                for device_id, state in states.items()
-                if state.observed_at is not None and state.observed_at > observed
-            }
             store.write_contacts(
                 conn,
                 settings.server_id,
                 pjsip.contact_sets(devices, grouped or {}),
                 now,
-                leave=newer,
+                leave=plan.left_alone,
             )
             log.debug(
                 "SQL: %d reg_status changes, %d state rows, %d forgotten, %d wrong-server, "
