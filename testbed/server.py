@@ -10,16 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from testbed.asterisk import (
-    RELEASES,
-    AmiUser,
-    Asterisk,
-    PjsipEndpoint,
-    Ports,
-    RealtimeDb,
-    TestbedError,
-    mor_files,
-)
+from testbed import asterisk
 from testbed.phones import Phone, PhoneBank
 
 
@@ -37,8 +28,8 @@ def phone_of(account: str, answer: Optional[float] = 0.0, contact_user: str = ""
 class MorServer:
     """A running Asterisk and the phones registered to it."""
 
-    ast: Asterisk
-    ports: Ports
+    ast: asterisk.Asterisk
+    ports: asterisk.Ports
     #: the chan_sip phones; None where the release has no chan_sip
     sip: Optional[PhoneBank]
     #: the PJSIP phones
@@ -50,14 +41,14 @@ class MorServer:
 @contextlib.contextmanager
 def mor_server(
     version: str,
-    ami_users: Sequence[AmiUser],
+    ami_users: Sequence[asterisk.AmiUser],
     *,
     name: str,
-    realtime: Optional[RealtimeDb] = None,
-    pjsip_endpoints: Iterable[PjsipEndpoint] = (),
+    realtime: Optional[asterisk.RealtimeDb] = None,
+    pjsip_endpoints: Iterable[asterisk.PjsipEndpoint] = (),
     sip_phones: Iterable[Phone] = (),
     pjsip_phones: Iterable[Phone] = (),
-    ports: Optional[Ports] = None,
+    ports: Optional[asterisk.Ports] = None,
     qualifyfreq: int = 2,
     register_timeout: float = 20.0,
 ) -> Iterator[MorServer]:
@@ -65,9 +56,9 @@ def mor_server(
     realtime from ``realtime``, the static PJSIP endpoints, the AMI users), then each bank
     of phones registered to it, chan_sip first (only where the release has chan_sip);
     Asterisk and the banks are gone after."""
-    release = RELEASES[version]
-    ports = ports or Ports()
-    files = mor_files(
+    release = asterisk.RELEASES[version]
+    ports = ports or asterisk.Ports()
+    files = asterisk.mor_files(
         release,
         ports,
         ami_users,
@@ -76,7 +67,7 @@ def mor_server(
         qualifyfreq=qualifyfreq,
     )
     with contextlib.ExitStack() as stack:
-        ast = Asterisk(version, files, name=name)
+        ast = asterisk.Asterisk(version, files, name=name)
         stack.callback(ast.remove)  # also when it fails to boot: its folders go too
         ast.start()
         sip = stack.enter_context(PhoneBank(ports.sip, sip_phones)) if release.chan_sip else None
@@ -95,5 +86,5 @@ def wait_until(
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise TestbedError(f"timed out after {timeout:g} s waiting for {what}")
+            raise asterisk.TestbedError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(every)
