@@ -8,7 +8,7 @@ from typing import Optional
 
 import pytest
 import yaml
-from conftest import ROOT
+from regstatus_helpers import ROOT
 from sqlalchemy.engine import make_url
 
 from mor_plugin.config import (

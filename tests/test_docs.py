@@ -7,7 +7,6 @@ the docs mention are the code's, and every exported metric is documented."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, MorDatabase
-from test_collector import write_conf
+from regstatus_helpers import ROOT, MorDatabase, write_conf
 
 from mor_plugin import cli, config, textfile
 from mor_plugin.simulator import AmiSimulator, Faults, realistic_peers, run_in_thread
+from testbed.asterisk import free_port
 from widget import metrics as widget_metrics
 
 pytestmark = pytest.mark.mariadb
@@ -77,12 +76,6 @@ def assert_documented(done: subprocess.CompletedProcess[str], code: int, staged:
     assert documented_codes(lines[0]) == {code}, (
         f"not in {DOC.name} under exit code {code}:\n{lines[0]}"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_the_document_has_a_section_for_every_exit_code_of_the_collector() -> None:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import MorDatabase
 from recorded_ami import transcript
+from regstatus_helpers import MorDatabase, run, summary, write_conf
 from sqlalchemy import text
-from test_collector import run, summary, write_conf
 
 from mor_plugin import schema, store
 from mor_plugin.ami import _PeerListAction, _Protocol

@@ -12,9 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MorDatabase
-from regstatus_helpers import Receiver, listening, wait_for
-from test_collector import summary, write_conf
+from regstatus_helpers import (
+    MorDatabase,
+    Receiver,
+    listening,
+    simulated_asterisk,
+    summary,
+    wait_for,
+    write_conf,
+)
 
 from mor_plugin import cli, store
 from mor_plugin.config import load_settings
@@ -31,7 +37,7 @@ def sim() -> Iterator[AmiSimulator]:
         SimPeer("103", "Unmonitored", ip="10.0.0.3", port=5060),
         SimPeer("201", "OK (7 ms)", ip="10.0.2.1", port=5060),  # assigned to server 2
     ]
-    with run_in_thread(AmiSimulator(peers, version="11", username="mor", secret="s3cret")) as s:
+    with simulated_asterisk(peers, "11") as s:
         yield s
 
 

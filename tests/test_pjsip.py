@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import MorDatabase
-from regstatus_helpers import listening, wait_for
-from test_collector import run, summary, write_conf
+from regstatus_helpers import MorDatabase, listening, run, summary, wait_for, write_conf
 
 from mor_plugin.config import load_settings
 from mor_plugin.pjsip import (

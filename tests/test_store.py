@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from conftest import MorDatabase
+from regstatus_helpers import MorDatabase
 from sqlalchemy import create_engine, inspect, text
 
 from mor_plugin import store
