@@ -28,12 +28,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Optional
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, notify, pjsip, store, textfile
+from . import __version__, pjsip, store
 from .ami import AmiEndpoint, AmiError, PeerList, ServerInfo, get_peer_list
 from .atomic import atomic_write
 from .config import (
@@ -47,6 +47,9 @@ from .config import (
 )
 from .plans import Listing, PollInputs, PollPlan, Rules, plan_poll
 from .status import KINDS, Plan
+
+if TYPE_CHECKING:
+    from . import notify
 
 log = logging.getLogger("mor_plugin")
 
@@ -369,13 +372,7 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
         alerts = [] if dry_run else _after_commit(settings, engine, poll.planned.plan, observed)
     finally:
         if not dry_run:
-            textfile.export(
-                engine,
-                settings.textfile_dir,
-                settings.server_id,
-                utc_now(),
-                settings.listener_silent_after,
-            )
+            _export_textfile(settings, engine)
         engine.dispose()
     plan = poll.planned.plan
     return RunSummary(
@@ -521,18 +518,47 @@ def _after_commit(
             log.info("purged %d history rows and %d latency rows", history, latency)
     except SQLAlchemyError as err:
         log.warning("latency samples or purge failed: %s", store.describe_db_error(err))
-    hook = notify.webhook_from(settings)
-    return (
-        [] if hook is None else notify.due_after_commit(engine, hook, plan.transitions, utc_now())
+    hook = _webhook(settings)
+    if hook is None:
+        return []
+    from . import notify
+
+    return notify.due_after_commit(engine, hook, plan.transitions, utc_now())
+
+
+def _webhook(settings: Settings) -> Optional[notify.Webhook]:
+    """The configured webhook, if any. The webhook code (and what it imports) loads only
+    when mor.conf sets one: most runs have none, and cron pays every import."""
+    if not settings.webhook_url:
+        return None
+    from . import notify
+
+    return notify.webhook_from(settings)
+
+
+def _export_textfile(settings: Settings, engine: Any) -> None:
+    """The node_exporter textfile, when mor.conf asks for one (loaded only then)."""
+    if settings.textfile_dir is None:
+        return
+    from . import textfile
+
+    textfile.export(
+        engine,
+        settings.textfile_dir,
+        settings.server_id,
+        utc_now(),
+        settings.listener_silent_after,
     )
 
 
 def deliver_alerts(settings: Settings, alerts: Sequence[notify.Alert]) -> int:
     """Send what a run decided (within ``webhook_timeout`` in all) and record it; never
     raises. Returns the alerts delivered."""
-    hook = notify.webhook_from(settings)
+    hook = _webhook(settings)
     if hook is None or not alerts:
         return 0
+    from . import notify
+
     engine = store.make_engine(settings.db_url, timeout=settings.db_timeout, echo=False)
     try:
         return notify.deliver(engine, hook, alerts, utc_now())

@@ -307,8 +307,13 @@ class Listener:
         except SQLAlchemyError as err:
             log.warning("listener state not recorded: %s", store.describe_db_error(err))
             return
+        settings = self.settings
         textfile.export(
-            self.engine, self.settings.textfile_dir, self.settings.server_id, self.utc_now()
+            self.engine,
+            settings.textfile_dir,
+            settings.server_id,
+            self.utc_now(),
+            settings.listener_silent_after,
         )
 
     async def _heartbeat(self) -> None:
