@@ -334,6 +334,7 @@ def demo_app(db_url: str, secret: str, stale_after: int = 60) -> Flask:
         }
     )
     mor = create_mor_app(db_url, WIDGET_PREFIX, secret)
+    # (Flask's way to add WSGI middleware, which mypy takes for overwriting a method)
     mor.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
         mor.wsgi_app, {WIDGET_PREFIX: widget}
     )
