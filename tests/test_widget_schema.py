@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from conftest import ROOT, MorDatabase
 from flask import Flask
 from regstatus_helpers import wait_for
 from test_collector import run, summary, write_conf
+from test_fleet import widget_login
 from test_widget_cache import statements
 
 from mor_plugin import store
@@ -74,6 +74,13 @@ def conf(tmp_path: Path, mor: MorDatabase, sim: AmiSimulator) -> Path:
 
 
 @pytest.fixture
+def first_run(mor: MorDatabase, conf: Path, capsys: pytest.CaptureFixture[str]) -> MorDatabase:
+    """The collector's first run: its tables at the latest schema, filled."""
+    summary(conf, capsys)
+    return mor
+
+
+@pytest.fixture
 def apps() -> Iterator[Callable[[str], Flask]]:
     """Widgets without a cache: every request reads the database."""
     made: list[Flask] = []
@@ -116,16 +123,15 @@ def test_a_widget_started_before_the_collectors_first_run_shows_what_it_records_
 
 
 def test_a_widget_running_while_the_collector_upgrades_reads_what_the_upgrade_adds(
-    mor: MorDatabase,
+    first_run: MorDatabase,
     conf: Path,
     apps: Callable[[str], Flask],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    summary(conf, capsys)
     # the tables as a collector of schema 4 left them: no listener's mark yet
-    mor.execute("ALTER TABLE mor_regstatus_servers DROP COLUMN listener_wrote_at")
-    mor.execute("DELETE FROM mor_regstatus_schema WHERE version = 5")
-    app = apps(mor.url)
+    first_run.execute("ALTER TABLE mor_regstatus_servers DROP COLUMN listener_wrote_at")
+    first_run.execute("DELETE FROM mor_regstatus_schema WHERE version = 5")
+    app = apps(first_run.url)
     database = app.extensions["mor_widget_db"]
     assert shown(app, 1)["status"] == "ok" and shown(app, 2)["status"] == "unreachable"
     assert database.change_marks() is None  # without marks, devices are kept briefly only
@@ -136,13 +142,9 @@ def test_a_widget_running_while_the_collector_upgrades_reads_what_the_upgrade_ad
 
 
 def test_at_the_latest_schema_a_bullet_or_a_list_is_one_statement(
-    mor: MorDatabase,
-    conf: Path,
-    apps: Callable[[str], Flask],
-    capsys: pytest.CaptureFixture[str],
+    first_run: MorDatabase, apps: Callable[[str], Flask]
 ) -> None:
-    summary(conf, capsys)
-    app = apps(mor.url)
+    app = apps(first_run.url)
     client = app.test_client()
     assert client.get("/api/v1/devices/status?ids=1,2").status_code == 200  # reads the version
     seen = statements(app)
@@ -163,30 +165,22 @@ def documented_grants() -> list[str]:
 @contextmanager
 def read_only_user(db: MorDatabase, grants: list[str]) -> Iterator[str]:
     """A MySQL user with only ``grants`` (as documented, on this database): its URL."""
-    name, password = f"ro_{secrets.token_hex(4)}", secrets.token_hex(8)
-    account = f"'{name}'@'127.0.0.1'"
-    root = root_connection()
-    try:
-        with root.cursor() as cur:
-            cur.execute(f"CREATE USER {account} IDENTIFIED BY '{password}'")
-            for grant in grants:
-                on_db = grant.replace("ON mor.", f"ON `{db.name}`.")
-                cur.execute(on_db.replace("'mor_widget'@'127.0.0.1'", account))
-        yield f"mysql+pymysql://{name}:{password}@127.0.0.1:3306/{db.name}?charset=utf8mb4"
-    finally:
-        with root.cursor() as cur:
-            cur.execute(f"DROP USER IF EXISTS {account}")
-        root.close()
+    with widget_login(db) as (account, url):
+        root = root_connection()
+        try:
+            with root.cursor() as cur:
+                for grant in grants:
+                    on_db = grant.replace("ON mor.", f"ON `{db.name}`.")
+                    cur.execute(on_db.replace("'mor_widget'@'127.0.0.1'", account))
+        finally:
+            root.close()
+        yield url
 
 
 def test_the_documented_grants_let_the_widget_read_all_it_shows(
-    mor: MorDatabase,
-    conf: Path,
-    apps: Callable[[str], Flask],
-    capsys: pytest.CaptureFixture[str],
+    first_run: MorDatabase, apps: Callable[[str], Flask]
 ) -> None:
-    summary(conf, capsys)
-    with read_only_user(mor, documented_grants()) as url:
+    with read_only_user(first_run, documented_grants()) as url:
         app = apps(url)
         device = shown(app, 1)
         assert device["status"] == "ok" and device["since"] and device["stale"] is False
@@ -198,15 +192,10 @@ def test_the_documented_grants_let_the_widget_read_all_it_shows(
 
 
 def test_without_the_grant_on_the_schema_version_the_bullets_still_show(
-    mor: MorDatabase,
-    conf: Path,
-    apps: Callable[[str], Flask],
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    first_run: MorDatabase, apps: Callable[[str], Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
-    summary(conf, capsys)
     grants = [grant for grant in documented_grants() if "mor_regstatus_schema" not in grant]
-    with read_only_user(mor, grants) as url:
+    with read_only_user(first_run, grants) as url:
         app = apps(url)
         assert shown(app, 1)["reg_status"] == "OK (12 ms)"
         bullet = app.test_client().get("/devices/2/bullet.svg")
