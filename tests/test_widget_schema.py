@@ -19,15 +19,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import ROOT, MorDatabase
 from flask import Flask
-from regstatus_helpers import wait_for
-from test_collector import run, summary, write_conf
+from regstatus_helpers import ROOT, MorDatabase, run, summary, wait_for, write_conf
 from test_fleet import widget_login
 from test_widget_cache import statements
 
 from mor_plugin import store
-from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
+from mor_plugin.simulator import AmiSimulator
 from testbed.mariadb import root_connection
 from widget import create_app
 
@@ -40,36 +38,13 @@ SLACK = 1.0
 
 
 @pytest.fixture(autouse=True)
-def _no_widget_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("MOR_WIDGET_DB_URL", "MOR_WIDGET_SECRET", "MOR_WIDGET_CONFIG"):
-        monkeypatch.delenv(key, raising=False)
-
-
-@pytest.fixture(autouse=True)
 def _quick_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("widget.db.SCHEMA_RECHECK", RECHECK)
 
 
 @pytest.fixture
-def sim() -> Iterator[AmiSimulator]:
-    peers = [
-        SimPeer("101", "OK (12 ms)", ip="10.0.0.1", port=5060),
-        SimPeer("102", "UNREACHABLE", ip="10.0.0.2", port=5060),
-    ]
-    with run_in_thread(AmiSimulator(peers, version="16", username="mor", secret="s3cret")) as s:
-        yield s
-
-
-@pytest.fixture
-def mor(mor_db: MorDatabase) -> MorDatabase:
-    mor_db.add_server(1, hostname="ast-one")
-    mor_db.add_device(1, "101")
-    mor_db.add_device(2, "102")
-    return mor_db
-
-
-@pytest.fixture
 def conf(tmp_path: Path, mor: MorDatabase, sim: AmiSimulator) -> Path:
+    """The collector of conftest's world: device 1 is OK, device 3 UNREACHABLE."""
     return write_conf(tmp_path, mor.url, sim)
 
 
@@ -133,7 +108,7 @@ def test_a_widget_running_while_the_collector_upgrades_reads_what_the_upgrade_ad
     first_run.execute("DELETE FROM mor_regstatus_schema WHERE version = 5")
     app = apps(first_run.url)
     database = app.extensions["mor_widget_db"]
-    assert shown(app, 1)["status"] == "ok" and shown(app, 2)["status"] == "unreachable"
+    assert shown(app, 1)["status"] == "ok" and shown(app, 3)["status"] == "unreachable"
     assert database.change_marks() is None  # without marks, devices are kept briefly only
     code, _, err = run(conf, "--migrate", capsys=capsys)  # the new release's first step
     assert code == 0, err
@@ -146,11 +121,11 @@ def test_at_the_latest_schema_a_bullet_or_a_list_is_one_statement(
 ) -> None:
     app = apps(first_run.url)
     client = app.test_client()
-    assert client.get("/api/v1/devices/status?ids=1,2").status_code == 200  # reads the version
+    assert client.get("/api/v1/devices/status?ids=1,3").status_code == 200  # reads the version
     seen = statements(app)
     for _ in range(3):
-        assert client.get("/api/v1/devices/status?ids=1,2").status_code == 200
-        assert client.get("/devices/2/bullet.svg").status_code == 200
+        assert client.get("/api/v1/devices/status?ids=1,3").status_code == 200
+        assert client.get("/devices/3/bullet.svg").status_code == 200
     assert len(seen) == 6 and all("FROM devices" in statement for statement in seen), seen
 
 
@@ -198,7 +173,7 @@ def test_without_the_grant_on_the_schema_version_the_bullets_still_show(
     with read_only_user(first_run, grants) as url:
         app = apps(url)
         assert shown(app, 1)["reg_status"] == "OK (12 ms)"
-        bullet = app.test_client().get("/devices/2/bullet.svg")
+        bullet = app.test_client().get("/devices/3/bullet.svg")
         assert bullet.status_code == 200 and "bullet-unreachable" in bullet.get_data(as_text=True)
         assert app.test_client().get("/devices/1/status").status_code == 200
     assert "may not read mor_regstatus_schema" in caplog.text
