@@ -27,7 +27,6 @@ from test_widget_cache import statements
 from mor_plugin import store
 from mor_plugin.simulator import AmiSimulator
 from testbed.mariadb import root_connection
-from widget import create_app
 
 pytestmark = pytest.mark.mariadb
 
@@ -55,21 +54,6 @@ def first_run(mor: MorDatabase, conf: Path, capsys: pytest.CaptureFixture[str]) 
     return mor
 
 
-@pytest.fixture
-def apps() -> Iterator[Callable[[str], Flask]]:
-    """Widgets without a cache: every request reads the database."""
-    made: list[Flask] = []
-
-    def make(url: str) -> Flask:
-        app = create_app({"MOR_WIDGET_DB_URL": url, "MOR_WIDGET_CACHE_SECONDS": 0})
-        made.append(app)
-        return app
-
-    yield make
-    for app in made:
-        app.extensions["mor_widget_db"].dispose()
-
-
 def shown(app: Flask, device_id: int) -> dict[str, Any]:
     answer = app.test_client().get(f"/api/v1/devices/status?ids={device_id}")
     assert answer.status_code == 200
@@ -80,7 +64,7 @@ def shown(app: Flask, device_id: int) -> dict[str, Any]:
 def test_a_widget_started_before_the_collectors_first_run_shows_what_it_records_after(
     mor: MorDatabase,
     conf: Path,
-    apps: Callable[[str], Flask],
+    apps: Callable[..., Flask],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     app = apps(mor.url)
@@ -100,7 +84,7 @@ def test_a_widget_started_before_the_collectors_first_run_shows_what_it_records_
 def test_a_widget_running_while_the_collector_upgrades_reads_what_the_upgrade_adds(
     first_run: MorDatabase,
     conf: Path,
-    apps: Callable[[str], Flask],
+    apps: Callable[..., Flask],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # the tables as a collector of schema 4 left them: no listener's mark yet
@@ -117,7 +101,7 @@ def test_a_widget_running_while_the_collector_upgrades_reads_what_the_upgrade_ad
 
 
 def test_at_the_latest_schema_a_bullet_or_a_list_is_one_statement(
-    first_run: MorDatabase, apps: Callable[[str], Flask]
+    first_run: MorDatabase, apps: Callable[..., Flask]
 ) -> None:
     app = apps(first_run.url)
     client = app.test_client()
@@ -153,7 +137,7 @@ def read_only_user(db: MorDatabase, grants: list[str]) -> Iterator[str]:
 
 
 def test_the_documented_grants_let_the_widget_read_all_it_shows(
-    first_run: MorDatabase, apps: Callable[[str], Flask]
+    first_run: MorDatabase, apps: Callable[..., Flask]
 ) -> None:
     with read_only_user(first_run, documented_grants()) as url:
         app = apps(url)
@@ -167,7 +151,7 @@ def test_the_documented_grants_let_the_widget_read_all_it_shows(
 
 
 def test_without_the_grant_on_the_schema_version_the_bullets_still_show(
-    first_run: MorDatabase, apps: Callable[[str], Flask], caplog: pytest.LogCaptureFixture
+    first_run: MorDatabase, apps: Callable[..., Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
     grants = [grant for grant in documented_grants() if "mor_regstatus_schema" not in grant]
     with read_only_user(first_run, grants) as url:
