@@ -385,13 +385,40 @@ class _SchemaSeen(NamedTuple):
     denied: bool = False
 
 
+#: what each version the widget reads by brings, newest first: a table (and a column) that
+#: a user who may not read the schema table sees when the database holds that version
+_VERSION_SIGNS = (
+    (MARKS, schema.server_state.name, "listener_wrote_at"),
+    (CONTACTS, schema.contacts.name, None),
+    (HISTORY, schema.history.name, None),
+    (OWN, schema.device_state.name, None),
+)
+
+_VISIBLE_COLUMNS = text(
+    "SELECT table_name, column_name FROM information_schema.columns"
+    " WHERE table_schema = DATABASE() AND table_name LIKE 'mor\\_regstatus\\_%'"
+)
+
+
+def _version_by_visible_tables(conn: Connection) -> int:
+    """The newest version whose tables the user can see. MySQL lists in information_schema
+    only what a user may read: the tables the widget was granted tell what it can show."""
+    visible = {(str(table), str(column)) for table, column in conn.execute(_VISIBLE_COLUMNS)}
+    tables = {table for table, _ in visible}
+    for version, table, column in _VERSION_SIGNS:
+        if table in tables and (column is None or (table, column) in visible):
+            return version
+    return 0
+
+
 def _log_schema(seen: _SchemaSeen) -> None:
     table = schema.schema_version.name
     if seen.denied:
         log.warning(
-            "the widget's database user may not read %s (after the collector's first run, "
-            "GRANT SELECT on it): showing only what MOR's own tables say",
+            "the widget's database user may not read %s (GRANT SELECT on it, as docs/WIDGET.md "
+            "says): reading the collector's tables it can see, as of version %d",
             table,
+            seen.version,
         )
     elif seen.version == 0:
         log.warning(
@@ -505,7 +532,7 @@ class Database:
             # one on the schema table
             if getattr(error.orig, "args", (None,))[0] != ER.TABLEACCESS_DENIED_ERROR:
                 raise
-            return _SchemaSeen(0, read_at, denied=True)
+            return _SchemaSeen(self._run(_version_by_visible_tables), read_at, denied=True)
 
     def _run(self, query: Callable[[Connection], T]) -> T:
         """``query`` on a pooled connection; once more on a new one when the first was dead
