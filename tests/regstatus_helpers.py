@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 
 from mor_plugin import cli, schema
@@ -32,7 +33,7 @@ from mor_plugin.config import Settings
 from mor_plugin.listener import Listener
 from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
 from mor_plugin.store import ensure_schema, make_engine
-from testbed.mariadb import scratch_mor_database
+from testbed.mariadb import root_connection, scratch_mor_database, sqlalchemy_url
 from widget import create_app
 from widget.signing import sign_url
 
@@ -532,3 +533,32 @@ def fill_world(
         ip="198.51.100.7",
         port=5060,
     )
+
+
+@contextmanager
+def widget_login(db: MorDatabase) -> Iterator[tuple[str, str]]:
+    """A MySQL user with no privilege yet, for the GUI host (which reaches MariaDB on the
+    shared loopback): its account name and its SQLAlchemy URL."""
+    name, password = f"ro_{secrets.token_hex(4)}", secrets.token_hex(8)
+    account = f"'{name}'@'127.0.0.1'"
+    root = root_connection()
+    try:
+        with root.cursor() as cur:
+            cur.execute(f"CREATE USER {account} IDENTIFIED BY '{password}'")
+        yield account, sqlalchemy_url(name, password, db.name)
+    finally:
+        with root.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS {account}")
+        root.close()
+
+
+def statements(app: Flask) -> list[str]:
+    """Every statement the app sends from now on (its first words)."""
+    seen: list[str] = []
+    engine = app.extensions["mor_widget_db"].engine
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    return seen

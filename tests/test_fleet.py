@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import re
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from ansible_runner import (
     seed_mor_server,
     wait_for_http,
 )
-from regstatus_helpers import MorDatabase, mor_database, wait_for
+from regstatus_helpers import MorDatabase, mor_database, wait_for, widget_login
 
 from testbed.asterisk import (
     RELEASES,
@@ -49,7 +48,7 @@ from testbed.asterisk import (
     mor_files,
 )
 from testbed.hosts import Host, boot_host
-from testbed.mariadb import root_connection, sqlalchemy_url
+from testbed.mariadb import root_connection
 from testbed.phones import NEVER, Phone, PhoneBank
 from widget.signing import sign_url
 
@@ -99,23 +98,6 @@ def documented_grants(database: str, user: str) -> list[str]:
         g.replace("ON mor.", f"ON `{database}`.").replace("'mor_widget'@'gui-host'", user)
         for g in grants
     ]
-
-
-@contextlib.contextmanager
-def widget_login(db: MorDatabase) -> Iterator[tuple[str, str]]:
-    """A MySQL user with no privilege yet, for the GUI host (which reaches MariaDB on the
-    shared loopback): its account name and its SQLAlchemy URL."""
-    name, password = f"ro_{secrets.token_hex(4)}", secrets.token_hex(8)
-    account = f"'{name}'@'127.0.0.1'"
-    root = root_connection()
-    try:
-        with root.cursor() as cur:
-            cur.execute(f"CREATE USER {account} IDENTIFIED BY '{password}'")
-        yield account, sqlalchemy_url(name, password, db.name)
-    finally:
-        with root.cursor() as cur:
-            cur.execute(f"DROP USER IF EXISTS {account}")
-        root.close()
 
 
 def mor_server(host: Host, db_url: str, ami_port: int) -> dict[str, bytes]:

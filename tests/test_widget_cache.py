@@ -26,11 +26,11 @@ from regstatus_helpers import (
     MorDatabase,
     listening,
     simulated_asterisk,
+    statements,
     summary,
     wait_for,
     write_conf,
 )
-from sqlalchemy import event
 
 from mor_plugin.config import load_settings
 from mor_plugin.simulator import AmiSimulator, SimPeer
@@ -93,18 +93,6 @@ def shown(app: Flask, device_id: int) -> tuple[str, str]:
     drawn = re.search(r'class="bullet bullet-(\w+)"', bullet.get_data(as_text=True))
     assert drawn is not None
     return answer.get_json()["devices"][0]["status"], drawn.group(1)
-
-
-def statements(app: Flask) -> list[str]:
-    """Every statement the app sends from now on (its first words)."""
-    seen: list[str] = []
-    engine = app.extensions["mor_widget_db"].engine
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(" ".join(statement.split()))
-
-    return seen
 
 
 def device_reads(seen: list[str]) -> int:

@@ -20,9 +20,16 @@ from typing import Any, Callable, Optional
 
 import pytest
 from flask import Flask
-from regstatus_helpers import ROOT, MorDatabase, run, summary, wait_for, write_conf
-from test_fleet import widget_login
-from test_widget_cache import statements
+from regstatus_helpers import (
+    ROOT,
+    MorDatabase,
+    run,
+    statements,
+    summary,
+    wait_for,
+    widget_login,
+    write_conf,
+)
 
 from mor_plugin import store
 from mor_plugin.simulator import AmiSimulator
