@@ -198,9 +198,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 profiles[f"collector cold {n}"] = cycle.profile_cold(n, _log)
                 break
         widget_failed = any(t.startswith("widget") for t in failed)
-        if widget_failed and "profile_api_100" in results["widget"]:
+        if widget_failed and "profile_api_100" in results.get("widget", {}):
             profiles["widget JSON 100 ids"] = results["widget"]["profile_api_100"]
-    results["widget"].pop("profile_api_100", None)
+    results.get("widget", {}).pop("profile_api_100", None)
     results["profiles"] = profiles
     results["seconds"] = round(time.perf_counter() - started, 1)
 

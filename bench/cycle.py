@@ -286,6 +286,12 @@ def _collector_command() -> list[str]:
 
 STARTUP_COMMANDS = {
     "python": [sys.executable, "-c", "pass"],
+    # the floor under the collector's own imports: the libraries every run needs
+    "libraries": [
+        sys.executable,
+        "-c",
+        "import sqlalchemy.engine, sqlalchemy.dialects.mysql.pymysql, pymysql, panoramisk",
+    ],
     "imports": [sys.executable, "-c", "import mor_plugin.cli"],
     "help": [*_collector_command(), "--help"],
 }

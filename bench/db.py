@@ -1,15 +1,13 @@
-"""Throw-away MOR databases on the local MariaDB, filled the way the benchmark needs.
-
-The DDL is MOR X5's (``tests/mor_x5_tables.sql``). The bench creates a database
-of its own, connects as root over the socket for set-up and resets, and hands
-the collector and the widget a SQLAlchemy URL over TCP, as production does.
+"""The benchmark's MOR databases: ``testbed.mariadb``'s throw-away ones, filled and reset
+the way the benchmark needs. The bench connects as root over the socket for set-up and
+resets, and hands the collector and the widget a SQLAlchemy URL over TCP, as production
+does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import pymysql
@@ -25,45 +23,23 @@ OWN_TABLES = (
 )
 
 
+#: a 100k set-up or reset statement may take minutes
+ROOT_TIMEOUT = 300
+
+#: what the bench's jobs connect with: ``url`` for the collector and the widget,
+#: ``pymysql_args()`` for the legacy baseline (both over TCP, like the collector)
+BenchDatabase = mariadb.ScratchDatabase
+
+
 def root_connection(database: Optional[str] = None) -> pymysql.connections.Connection:
-    # a 100k set-up or reset statement may take minutes
-    return mariadb.root_connection(database, timeout=300)
-
-
-@dataclass(frozen=True)
-class BenchDatabase:
-    name: str
-    user: str
-    password: str
-
-    @property
-    def url(self) -> str:
-        return (
-            f"mysql+pymysql://{self.user}:{self.password}@127.0.0.1:3306/{self.name}"
-            "?charset=utf8mb4"
-        )
-
-    def pymysql_args(self) -> dict[str, Any]:
-        """What the legacy baseline connects with (TCP, like the collector)."""
-        return {
-            "host": "127.0.0.1",
-            "port": 3306,
-            "user": self.user,
-            "password": self.password,
-            "database": self.name,
-            "charset": "utf8mb4",
-        }
+    return mariadb.root_connection(database, timeout=ROOT_TIMEOUT)
 
 
 @contextmanager
 def bench_database() -> Iterator[BenchDatabase]:
     """A fresh MOR database and a password user limited to it; both dropped afterwards."""
-    root = root_connection()
-    try:
-        with mariadb.scratch_mor_database(root, "mor_bench") as login:
-            yield BenchDatabase(*login)
-    finally:
-        root.close()
+    with mariadb.scratch_mor_database("mor_bench", timeout=ROOT_TIMEOUT) as database:
+        yield database
 
 
 def add_servers(conn: Any, server_ids: Iterable[int]) -> None:

@@ -25,19 +25,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from testbed.asterisk import (
-    RELEASES,
-    AmiUser,
-    Asterisk,
-    PjsipEndpoint,
-    Ports,
-    RealtimeDb,
-    mor_files,
-)
-from testbed.phones import Phone, PhoneBank
+from testbed.asterisk import AmiUser, Asterisk, PjsipEndpoint, Ports, RealtimeDb
+from testbed.phones import Phone
+from testbed.server import mor_server, wait_until
 
 from . import db as benchdb
 from .cycle import AMI_SECRET, AMI_USER, child_job, repeat_child, run_child
@@ -50,14 +44,6 @@ QUALIFY_EVERY = 10
 def _phones(names: list[str], seed: int) -> list[Phone]:
     rng = random.Random(seed)  # noqa: S311 - simulated network distances
     return [Phone(name, "s", answer=rng.uniform(0.020, 0.080)) for name in names]
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not reached within {timeout:g} s")
-        time.sleep(0.5)
 
 
 def _all_online(ast: Asterisk, n: int) -> bool:
@@ -113,13 +99,6 @@ def _bench_run(n: int, qualify_every: int) -> Iterator[tuple[_Run, list[str]]]:
             bench.root.close()
 
 
-def _register(phones: PhoneBank, n: int) -> float:
-    """Register every phone of the bank; the seconds it took."""
-    started = time.monotonic()
-    phones.register(timeout=60 + n / 100)
-    return round(time.monotonic() - started, 2)
-
-
 def bench_chan_sip(
     n: int,
     runs: int,
@@ -130,21 +109,20 @@ def bench_chan_sip(
     """``n`` realtime chan_sip phones on Asterisk 16."""
     out: dict[str, Any] = {"peers": n, "asterisk": "16", "driver": "chan_sip realtime"}
     with _bench_run(n, qualify_every) as (bench, names):
-        d = bench.database
-        files = mor_files(
-            RELEASES["16"],
-            bench.ports,
+        log(f"{n:>7} chan_sip phones: registering to Asterisk 16")
+        with mor_server(
+            "16",
             [AmiUser(AMI_USER, AMI_SECRET)],
-            realtime=RealtimeDb(d.name, d.user, d.password),
+            name="bench16",
+            realtime=RealtimeDb(*bench.database),
+            sip_phones=_phones(names, n),
+            ports=bench.ports,
             qualifyfreq=qualify_every,
-        )
-        with (
-            Asterisk("16", files, name="bench16") as ast,
-            PhoneBank(bench.ports.sip, _phones(names, n), seed=n) as phones,
-        ):
-            log(f"{n:>7} chan_sip phones: registering to Asterisk 16")
-            out["register_s"] = _register(phones, n)
-            _wait(lambda: _all_online(ast, n), 60 + n / 100, f"{n} phones qualified")
+            register_timeout=60 + n / 100,
+        ) as server:
+            out["register_s"] = server.registered_in
+            online = partial(_all_online, server.ast, n)
+            wait_until(f"{n} phones qualified", online, 60 + n / 100, every=0.5)
             run_child(bench.job("collector", peer_source="sip"))  # migrates, warms up
             log(f"{n:>7} chan_sip phones: floor, collector cold, steady, legacy")
             out["floor"] = bench.repeat(runs, None, bench.job("floor"))
@@ -169,16 +147,19 @@ def bench_pjsip(
             PjsipEndpoint(name, "s", qualify_frequency=qualify_every, qualify_timeout=1.0)
             for name in names
         ]
-        files = mor_files(
-            RELEASES["22"], bench.ports, [AmiUser(AMI_USER, AMI_SECRET)], pjsip_endpoints=endpoints
-        )
-        with (
-            Asterisk("22", files, name="bench22") as ast,
-            PhoneBank(bench.ports.pjsip, _phones(names, n), seed=n) as phones,
-        ):
-            log(f"{n:>7} PJSIP phones: registering to Asterisk 22")
-            out["register_s"] = _register(phones, n)
-            _wait(lambda: _contacts_reachable(ast, n), 60 + n / 100, f"{n} contacts qualified")
+        log(f"{n:>7} PJSIP phones: registering to Asterisk 22")
+        with mor_server(
+            "22",
+            [AmiUser(AMI_USER, AMI_SECRET)],
+            name="bench22",
+            pjsip_endpoints=endpoints,
+            pjsip_phones=_phones(names, n),
+            ports=bench.ports,
+            register_timeout=60 + n / 100,
+        ) as server:
+            out["register_s"] = server.registered_in
+            reachable = partial(_contacts_reachable, server.ast, n)
+            wait_until(f"{n} contacts qualified", reachable, 60 + n / 100, every=0.5)
             job = bench.job("collector", peer_source="auto")
             run_child(job)  # migrates, warms up
             log(f"{n:>7} PJSIP phones: collector cold, steady")

@@ -314,6 +314,8 @@ def startup_table(results: dict[str, Any]) -> str:
         return ""
     labels = {
         "python": "`python -c pass`",
+        "libraries": "`python -c 'import sqlalchemy.engine, <its MySQL dialect>, pymysql,"
+        " panoramisk'` (the libraries a run needs)",
         "imports": "`python -c 'import mor_plugin.cli'` (the collector's imports)",
         "help": "`mor-retrieve-peers --help`",
     }
@@ -322,6 +324,8 @@ def startup_table(results: dict[str, Any]) -> str:
         "|---|---|---:|",
     ]
     for key, label in labels.items():
+        if key not in startup:  # measured by an older bench
+            continue
         m = startup[key]
         lines.append(
             f"| {label} ({startup['runs']}x) | {m['median_s']:.3f} "

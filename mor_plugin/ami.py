@@ -5,10 +5,15 @@ Built on panoramisk, with three things panoramisk does not do by itself:
 * hard timeouts: panoramisk never times out, so every await here has one;
 * no retries: a refused login or a dropped connection fails the run at once
   (panoramisk would reconnect and log in again forever);
-* streaming: ``SIPpeers`` entries are parsed as they arrive instead of being
-  kept in the action's list of messages (100k peers would cost ~500 MB); so are
-  PJSIP's contact lists (``PJSIPShowContacts`` on 16+; ``PJSIPShowEndpoints`` plus
-  one pipelined ``PJSIPShowEndpoint`` per endpoint with contacts on 13-15).
+* streaming: the actions answered with a list (``SIPpeers``; PJSIP's
+  ``PJSIPShowContacts`` on 16+, ``PJSIPShowEndpoints`` plus one pipelined
+  ``PJSIPShowEndpoint`` per endpoint with contacts on 13-15) are sent and read by
+  ``_Protocol`` itself, each entry parsed as it arrives instead of being kept in
+  panoramisk's list of messages (100k peers would cost ~500 MB).
+
+Everything else goes through panoramisk as it is: ``Manager.send_action`` for the
+other actions, ``Manager.register_event`` for events (tests/test_panoramisk_seams.py
+checks the parts of panoramisk this relies on).
 
 ``peer_source`` picks the channel driver: ``sip`` (chan_sip's ``SIPpeers``),
 ``pjsip``, ``both`` (a server running both drivers; a missing one is skipped) or
@@ -23,7 +28,6 @@ import codecs
 import contextlib
 import itertools
 import logging
-import os
 import re
 import time
 from collections import deque
@@ -33,7 +37,6 @@ from datetime import datetime
 from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from panoramisk import Manager
-from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
@@ -98,49 +101,130 @@ class PeerList:
     source: str = "sip"
 
 
-class _Protocol(AMIProtocol):  # type: ignore[misc]
-    """panoramisk's AMI protocol with a fast path for the entries of a running peer list.
+class _MessageReader:
+    """Cuts the bytes Asterisk sends into messages: the text between two empty lines.
 
-    panoramisk turns every message into a case-insensitive ``Message`` before
-    routing it; for 100k ``PeerEntry`` events that is most of the run's AMI
-    time. While a ``SIPpeers`` list runs, its entries are split into fields here
-    and handed straight to the list; every other message takes panoramisk's path.
+    One incremental decoder for the whole connection: TCP splits the stream anywhere, also
+    inside a character, and a chunk decoded on its own would lose it (the name no longer
+    matches; its device would be blanked). Bytes that are not UTF-8 at all become U+FFFD,
+    visibly, instead of vanishing.
     """
 
-    peer_list: Optional[_PeerListAction] = None
-    stream: Optional[_PjsipStream] = None
-    version: Optional[str]  # set by panoramisk on connect; the banner's AMI version
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._rest = ""
+        #: the stream's first line once it is complete: Asterisk's banner
+        self.first_line: Optional[str] = None
+
+    def feed(self, data: bytes) -> list[str]:
+        """The messages that ``data`` completes, without their surrounding blank space."""
+        text = self._rest + self._decoder.decode(data)
+        if self.first_line is None:
+            line, sep, _ = text.partition("\r\n")
+            if sep:
+                self.first_line = line
+        messages = text.split("\r\n\r\n")
+        self._rest = messages.pop()  # an incomplete message waits for more data
+        return [message.strip() for message in messages]
+
+
+class _Protocol(AMIProtocol):  # type: ignore[misc]
+    """panoramisk's AMI protocol, reading the byte stream itself and the lists in full.
+
+    panoramisk's own ``data_received`` decodes every TCP chunk on its own (a
+    character split between two chunks is lost) and turns every message into a
+    case-insensitive ``Message``; an action answered with a list keeps every
+    message of it until the list ends (100k ``PeerEntry`` events: ~4 s and
+    ~500 MB). So here ``_MessageReader`` cuts the stream into messages, and:
+
+    * every message carrying the ActionID of a list action sent with
+      ``send_list`` goes to that action as text, and none of them to panoramisk;
+    * every other message takes panoramisk's own route: ``Message.from_line``,
+      then ``handle_message``, which resolves the future that ``send_action``
+      returned and hands events to the manager's ``register_event`` callbacks.
+
+    ``connection_made`` extends panoramisk's; no other method of it is replaced.
+    """
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        # One decoder for the whole connection: TCP splits the stream anywhere, also
-        # inside a character, and a chunk decoded on its own would lose it (the name no
-        # longer matches; its device would be blanked). Bytes that are not UTF-8 at all
-        # become U+FFFD, visibly, instead of vanishing.
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._reader = _MessageReader()
+        #: when Asterisk last sent anything (``time.monotonic()``)
+        self.last_received = time.monotonic()
+        #: the list actions being read, by ActionID
+        self._lists: dict[str, _ListAction] = {}
+        self._list_ids = itertools.count(1)
+        #: the first two lines of the last list entry read, and its list
+        self._last_head = "\r\n\r\n"  # no message starts so: they are stripped
+        self._last_list: Optional[_ListAction] = None
+
+    @property
+    def ami_version(self) -> Optional[str]:
+        """The AMI version of Asterisk's banner (``Asterisk Call Manager/5.0.4``)."""
+        banner = self._reader.first_line or ""
+        if not banner.startswith("Asterisk Call Manager/"):
+            return None
+        return banner.partition("/")[2].strip()
+
+    def send_list(self, action: _ListAction) -> None:
+        """Send a list action: every message with its ActionID goes to ``action.read``.
+
+        Not through panoramisk's ``send``: that would register the action to collect
+        answers, and none of them reaches panoramisk.
+        """
+        action_id = f"mor-list-{next(self._list_ids)}"
+        self._lists[action_id] = action
+        lines = [f"Action: {action.name}", f"ActionID: {action_id}"]
+        lines += [f"{key}: {value}" for key, value in action.fields.items()]
+        text = "\r\n".join(lines) + "\r\n\r\n"
+        if wire_log.isEnabledFor(logging.DEBUG):
+            wire_log.debug("sent %r", text)
+        self.transport.write(text.encode("utf-8"))
+
+    def stop_lists(self) -> None:
+        """Read no more lists: what still comes for them is left to panoramisk (which
+        drops it: it knows none of their ActionIDs)."""
+        self._lists.clear()
+        self._last_head, self._last_list = "\r\n\r\n", None
 
     def data_received(self, data: bytes) -> None:
-        text = self._decoder.decode(data)
-        if self.version is None and text.startswith("Asterisk Call Manager/"):
-            self.version = text.partition("\r\n")[0].partition("/")[2].strip()
-        if self.queue:
-            text = self.queue.popleft() + text
-        blocks = text.split("\r\n\r\n")
-        self.queue.append(blocks.pop())  # an incomplete message waits for more data
-        for block in blocks:
-            block = block.strip()
-            if wire_log.isEnabledFor(logging.DEBUG):
+        self.last_received = time.monotonic()
+        logged = wire_log.isEnabledFor(logging.DEBUG)
+        for block in self._reader.feed(data):
+            if logged:
                 wire_log.debug("received %r", _SECRET_LINE.sub(r"\1: ***", block))
-            peer_list = self.peer_list
-            if peer_list is not None and block.startswith("Event: PeerEntry"):
-                peer_list.add_entry(_fields(block))
-                continue
-            stream = self.stream
-            if stream is not None and stream.take(block):
-                continue
+            if self._lists:
+                action = self._list_of(block)
+                if action is not None:
+                    action.read(block)
+                    continue
             message = Message.from_line(block)
             if message is not None:
                 self.handle_message(message)
+
+    def _list_of(self, block: str) -> Optional[_ListAction]:
+        """The list action whose ActionID ``block`` carries, if any.
+
+        Asterisk echoes the ActionID on the second line of every answer and list
+        event (last in PeerlistComplete before 13.2). The entries of one list all
+        start with the same two lines: the last ones seen are tried first, which
+        spares the search in 100k entries.
+        """
+        if block.startswith(self._last_head):
+            return self._last_list
+        at = block.find("\r\nActionID: ")
+        if at < 0:
+            return None
+        end = block.find("\r\n", at + 12)
+        action = self._lists.get(block[at + 12 :] if end < 0 else block[at + 12 : end])
+        if (
+            action is not None
+            and end > 0
+            and block.startswith("Event: ")
+            and block.find("\r\n") == at
+        ):
+            self._last_head, self._last_list = block[: end + 2], action
+        return action
 
 
 #: Lines of an answer that carry a credential: PJSIPShowEndpoint lists each auth object
@@ -180,43 +264,71 @@ class _Manager(Manager):  # type: ignore[misc]
             self.closed_by_peer.set_result(None)
 
 
-class _PeerListAction(Action):  # type: ignore[misc]
-    """``SIPpeers`` whose ``PeerEntry`` events are parsed as they arrive, not kept."""
+class _ListAction:
+    """An action Asterisk answers with a list of events (``Response``, the entries, a
+    final ``...Complete`` event), read as they arrive and never kept.
 
-    def __init__(self) -> None:
-        super().__init__({"Action": "SIPpeers"})
+    ``_Protocol.send_list`` sends it and hands it every message carrying its ActionID;
+    a subclass reads the entries (``add_entry``) and may watch for the end
+    (``finished``).
+    """
+
+    def __init__(self, name: str, **fields: str) -> None:
+        self.name = name
+        #: the action's fields after Action and ActionID
+        self.fields = fields
+        #: the answer (``Response: Success``, or why not), once it came
+        self.first: Optional[dict[str, str]] = None
+        #: the list's final event, once it came
+        self.complete: Optional[dict[str, str]] = None
+        self.done = False
+
+    def read(self, block: str) -> None:
+        """One message carrying this action's ActionID, as Asterisk sent it."""
+        if self.done:
+            return
+        if block.startswith("Event: "):
+            end = block.find("\r\n")
+            event = (block[7:] if end < 0 else block[7:end]).strip()
+            if not event.endswith("Complete"):
+                self.add_entry(event, block)
+                return
+            self.complete = _fields(block)
+        elif block.startswith("Response: "):
+            self.first = _fields(block)
+            if self.first.get("Response", "").strip() == "Success":
+                return
+        else:
+            return  # neither an answer nor an event: nothing to read
+        self.done = True
+        self.finished()
+
+    def add_entry(self, event: str, block: str) -> None:
+        """One event of the list before its end, as the lines Asterisk sent."""
+        raise NotImplementedError
+
+    def finished(self) -> None:
+        """The list is over: refused, or its final event came."""
+
+
+class _PeerListAction(_ListAction):
+    """``SIPpeers``: chan_sip's peers, one ``PeerEntry`` each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__("SIPpeers")
         self.peers: list[Peer] = []
-        self.first: Optional[Mapping[str, str]] = None
-        self.complete: Optional[Mapping[str, str]] = None
         self.received = 0
-        self.last_activity = time.monotonic()
+        self.future: asyncio.Future[None] = loop.create_future()
 
-    def add_entry(self, fields: Mapping[str, str]) -> None:
-        self.last_activity = time.monotonic()
-        self.received += 1
-        peer = peer_from_fields(fields)
-        if peer is not None:
-            self.peers.append(peer)
-
-    def add_message(self, message: Any) -> bool:
-        """panoramisk's hook for the messages carrying this action's ActionID."""
-        self.last_activity = time.monotonic()
-        if self.first is None:
-            self.first = message
-            if message.get("Response", "") != "Success":
-                self.future.set_result(message)
-                return True
-            return False
-        event = message.get("Event", "")
+    def add_entry(self, event: str, block: str) -> None:
         if event == "PeerEntry":
-            self.add_entry(message)
-            return False
-        if event == "PeerlistComplete":
-            self.complete = message
-            if not self.future.done():
-                self.future.set_result(message)
-            return True
-        return False
+            self.received += 1
+            peer = peer_from_fields(_fields(block))
+            if peer is not None:
+                self.peers.append(peer)
+
+    def finished(self) -> None:
+        self.future.set_result(None)
 
 
 def _one_line(text: str) -> str:
@@ -236,9 +348,9 @@ async def _wait(manager: _Manager, awaitable: Awaitable[T], timeout: float, what
     raise AmiError(f"no answer from Asterisk within {timeout:g} s while waiting for {what}")
 
 
-def _send(manager: _Manager, action: Mapping[str, str] | Action) -> Awaitable[Any]:
+def _send(manager: _Manager, action: Mapping[str, str]) -> Awaitable[Any]:
     if wire_log.isEnabledFor(logging.DEBUG):
-        shown = {k: ("***" if k.lower() == "secret" else v) for k, v in dict(action).items()}
+        shown = {k: ("***" if k.lower() == "secret" else v) for k, v in action.items()}
         wire_log.debug("sent %r", shown)
     return manager.send_action(action)  # type: ignore[no-any-return]
 
@@ -304,7 +416,7 @@ async def _server_info(manager: _Manager, endpoint: AmiEndpoint) -> ServerInfo:
             uptime = uptime_from_core_status(status, datetime.now())
     except AmiError as err:
         log.warning("no Asterisk version/uptime: %s", err)
-    ami_version = getattr(manager.protocol, "version", None)
+    ami_version = manager.protocol.ami_version
     return ServerInfo(ami_version=ami_version, asterisk_version=version, uptime=uptime)
 
 
@@ -320,13 +432,12 @@ def uptime_from_core_status(fields: Mapping[str, str], now: datetime) -> Optiona
 
 
 async def _sip_peers(manager: _Manager, endpoint: AmiEndpoint) -> list[Peer]:
-    action = _PeerListAction()
-    manager.protocol.peer_list = action
+    action = _PeerListAction(asyncio.get_running_loop())
     try:
-        _send(manager, action)
+        manager.protocol.send_list(action)
         await _await_stream(manager, endpoint, action, "the SIPpeers list", "PeerlistComplete")
     finally:
-        manager.protocol.peer_list = None
+        manager.protocol.stop_lists()
     _check_list(endpoint, action)
     return action.peers
 
@@ -370,59 +481,55 @@ def _check_list(endpoint: AmiEndpoint, action: _PeerListAction) -> None:
 PJSIP_WINDOW = 32
 
 
-@dataclass
-class _PjsipList:
-    """One list action of the PJSIP stream and what came back for it."""
+class _PjsipListAction(_ListAction):
+    """One PJSIP list action; what comes back for it goes to the stream that sent it."""
 
-    action: str
-    endpoint: str = ""
-    first: Optional[dict[str, str]] = None
-    complete: Optional[dict[str, str]] = None
-    items: int = 0
-    done: bool = False
+    def __init__(self, stream: _PjsipStream, name: str, endpoint: str = "") -> None:
+        super().__init__(name, **({"Endpoint": endpoint} if endpoint else {}))
+        self.stream = stream
+        #: the endpoint PJSIPShowEndpoint asks about ("" for the other actions)
+        self.endpoint = endpoint
+        #: the list's entries that name a contact or an endpoint
+        self.entries = 0
+
+    def add_entry(self, event: str, block: str) -> None:
+        self.stream.add_entry(self, event, block)
+
+    def finished(self) -> None:
+        self.stream.finished(self)
 
 
 class _PjsipStream:
-    """The PJSIP list actions of one run, written and read here, not by panoramisk.
+    """The PJSIP list actions of one run and what they bring: every contact and (13-15)
+    the endpoints that have contacts.
 
-    Every message carrying one of this stream's ActionIDs (the second line of
-    every response and list event) is taken out of panoramisk's path: list
-    events are parsed as they arrive (only ``ContactList``, ``ContactStatusDetail``
-    and ``EndpointList``; the other detail events of ``PJSIPShowEndpoint`` are
-    counted and dropped) and no message is kept.
+    Only ``ContactList``, ``ContactStatusDetail`` and ``EndpointList`` entries are
+    read; the other detail events of ``PJSIPShowEndpoint`` are dropped.
     """
 
-    def __init__(self, write: Callable[[bytes], None], loop: asyncio.AbstractEventLoop) -> None:
-        self.prefix = f"mor-pjsip-{os.getpid()}-{id(self):x}-"
-        self._marker = "\r\nActionID: " + self.prefix
-        self._write = write
+    def __init__(
+        self, send: Callable[[_ListAction], None], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._send = send
         self._loop = loop
-        self._ids = itertools.count(1)
-        self.lists: dict[str, _PjsipList] = {}
+        self.lists: list[_PjsipListAction] = []
         self.contacts: list[Contact] = []
         #: endpoints whose EndpointList names at least one contact (13-15)
         self.with_contacts: list[str] = []
         self.received = 0
-        self.last_activity = time.monotonic()
         self.future: asyncio.Future[None] = loop.create_future()
         self._queue: deque[str] = deque()
         self._in_flight = 0
 
-    def send(self, action: str, endpoint: str = "") -> str:
-        action_id = f"{self.prefix}{next(self._ids)}"
-        self.lists[action_id] = _PjsipList(action, endpoint)
-        text = f"Action: {action}\r\nActionID: {action_id}\r\n"
-        if endpoint:
-            text += f"Endpoint: {endpoint}\r\n"
-        if wire_log.isEnabledFor(logging.DEBUG):
-            wire_log.debug("sent %r", text)
-        self._write((text + "\r\n").encode("utf-8"))
-        return action_id
+    def send(self, name: str, endpoint: str = "") -> _PjsipListAction:
+        action = _PjsipListAction(self, name, endpoint)
+        self.lists.append(action)
+        self._send(action)
+        return action
 
     def phase(self) -> None:
         """Start waiting for the lists sent next."""
         self.future = self._loop.create_future()
-        self.last_activity = time.monotonic()
 
     def show_endpoints(self, names: list[str]) -> None:
         """``PJSIPShowEndpoint`` for each name, at most PJSIP_WINDOW in flight."""
@@ -438,48 +545,26 @@ class _PjsipStream:
     def _maybe_done(self) -> None:
         if self._queue or self._in_flight or self.future.done():
             return
-        if all(state.done for state in self.lists.values()):
+        if all(action.done for action in self.lists):
             self.future.set_result(None)
 
-    def _finish(self, state: _PjsipList) -> None:
-        state.done = True
-        if state.action == "PJSIPShowEndpoint":
+    def finished(self, action: _PjsipListAction) -> None:
+        if action.name == "PJSIPShowEndpoint":
             self._in_flight -= 1
             self._pump()
         self._maybe_done()
 
-    def take(self, block: str) -> bool:
-        """Handle ``block`` if it carries one of this stream's ActionIDs."""
-        at = block.find(self._marker, 0, 200)
-        if at < 0:
-            return False
-        start = at + 12
-        end = block.find("\r\n", start)
-        state = self.lists.get(block[start:] if end < 0 else block[start:end])
-        if state is None or state.done:
-            return True
-        self.last_activity = time.monotonic()
-        first_line = block[: block.find("\r\n")]
-        if first_line.startswith("Response:"):
-            state.first = _fields(block)
-            if state.first.get("Response", "").strip() != "Success":
-                self._finish(state)
-            return True
-        event = first_line[7:].strip()
+    def add_entry(self, action: _PjsipListAction, event: str, block: str) -> None:
         if event == "ContactList" or event == "ContactStatusDetail":
-            state.items += 1
+            action.entries += 1
             self.received += 1
-            contact = contact_from_fields(_fields(block), state.endpoint)
+            contact = contact_from_fields(_fields(block), action.endpoint)
             if contact is not None:
                 self.contacts.append(contact)
         elif event == "EndpointList":
-            state.items += 1
+            action.entries += 1
             self.received += 1
             self._endpoint_entry(block)
-        elif event.endswith("Complete"):
-            state.complete = _fields(block)
-            self._finish(state)
-        return True
 
     def _endpoint_entry(self, block: str) -> None:
         name, has_contacts = "", False
@@ -493,18 +578,18 @@ class _PjsipStream:
 
 
 class _Streaming(Protocol):
-    """A list being received: its end, its entries so far, when the last one came."""
+    """A list being received: its end, and its entries so far."""
 
     future: asyncio.Future[Any]
     received: int
-    last_activity: float
 
 
 async def _await_stream(
     manager: _Manager, endpoint: AmiEndpoint, stream: _Streaming, what: str, end: str
 ) -> None:
     """Wait for a list's ``end`` event: ``list_timeout`` in all, ``timeout`` of silence."""
-    deadline = time.monotonic() + endpoint.list_timeout
+    started = time.monotonic()
+    deadline = started + endpoint.list_timeout
     while not stream.future.done():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -512,7 +597,7 @@ async def _await_stream(
                 f"{what} not complete within {endpoint.list_timeout:g} s "
                 f"({stream.received} entries received) -- raise ami_list_timeout for large servers"
             )
-        silent_for = time.monotonic() - stream.last_activity
+        silent_for = time.monotonic() - max(started, manager.protocol.last_received)
         if silent_for >= endpoint.timeout:
             raise AmiError(
                 f"Asterisk went silent for {endpoint.timeout:g} s in the middle of {what} "
@@ -530,67 +615,71 @@ async def _await_stream(
             )
 
 
-def _pjsip_refusal(endpoint: AmiEndpoint, state: _PjsipList) -> Optional[str]:
+def _pjsip_refusal(endpoint: AmiEndpoint, action: _PjsipListAction) -> Optional[str]:
     """None when the list action succeeded; else Asterisk's message, or an AmiError."""
-    first = state.first or {}
+    first = action.first or {}
     if first.get("Response", "").strip() == "Success":
-        complete = state.complete or {}
+        complete = action.complete or {}
         listed = complete.get("ListItems", "").strip()
-        if state.action != "PJSIPShowEndpoint" and listed and listed != str(state.items):
+        if action.name != "PJSIPShowEndpoint" and listed and listed != str(action.entries):
             raise AmiError(
-                f"{state.action} list is inconsistent: Asterisk announced ListItems {listed} "
-                f"but sent {state.items} entries"
+                f"{action.name} list is inconsistent: Asterisk announced ListItems {listed} "
+                f"but sent {action.entries} entries"
             )
         return None
     message = _one_line(first.get("Message", ""))
     if "permission denied" in message.lower():
-        raise _not_permitted(endpoint, state.action)
+        raise _not_permitted(endpoint, action.name)
     return message or "no reason given"
 
 
 async def _pjsip_contacts(manager: _Manager, endpoint: AmiEndpoint) -> list[Contact]:
     """Every PJSIP contact: ``PJSIPShowContacts`` (16+), else (13-15) ``PJSIPShowEndpoints``
     and ``PJSIPShowEndpoint`` for each endpoint that has contacts."""
-    stream = _PjsipStream(manager.protocol.transport.write, asyncio.get_running_loop())
-    manager.protocol.stream = stream
+    stream = _PjsipStream(manager.protocol.send_list, asyncio.get_running_loop())
     try:
-        first = stream.send("PJSIPShowContacts")
+        listing = stream.send("PJSIPShowContacts")
         await _await_stream(
             manager, endpoint, stream, "the PJSIPShowContacts list", "ContactListComplete"
         )
-        refused = _pjsip_refusal(endpoint, stream.lists[first])
+        refused = _pjsip_refusal(endpoint, listing)
         if refused is None or "no contacts found" in refused.lower():
             return stream.contacts
         if "invalid/unknown command" not in refused.lower():
             raise AmiError(f"PJSIPShowContacts failed: {refused}")
-        # Asterisk 13-15: no PJSIPShowContacts
-        stream.phase()
-        listing = stream.send("PJSIPShowEndpoints")
-        await _await_stream(
-            manager, endpoint, stream, "the PJSIPShowEndpoints list", "EndpointListComplete"
-        )
-        refused = _pjsip_refusal(endpoint, stream.lists[listing])
-        if refused is not None:
-            if "no endpoints found" in refused.lower():
-                return []
-            if "invalid/unknown command" in refused.lower():
-                raise NoPjsipError(
-                    "Asterisk does not know PJSIPShowEndpoints: res_pjsip is not loaded"
-                )
-            raise AmiError(f"PJSIPShowEndpoints failed: {refused}")
-        stream.phase()
-        stream.show_endpoints(stream.with_contacts)
-        await _await_stream(
-            manager, endpoint, stream, "the PJSIPShowEndpoint answers", "EndpointDetailComplete"
-        )
-        for state in stream.lists.values():
-            if state.action == "PJSIPShowEndpoint":
-                refused = _pjsip_refusal(endpoint, state)
-                if refused is not None:  # removed since it was listed
-                    log.debug("PJSIPShowEndpoint %s: %s", state.endpoint, refused)
-        return stream.contacts
+        return await _pjsip_contacts_per_endpoint(manager, endpoint, stream)
     finally:
-        manager.protocol.stream = None
+        manager.protocol.stop_lists()
+
+
+async def _pjsip_contacts_per_endpoint(
+    manager: _Manager, endpoint: AmiEndpoint, stream: _PjsipStream
+) -> list[Contact]:
+    """Asterisk 13-15 (no PJSIPShowContacts): the endpoints, then the contacts of each
+    endpoint that has some."""
+    stream.phase()
+    listing = stream.send("PJSIPShowEndpoints")
+    await _await_stream(
+        manager, endpoint, stream, "the PJSIPShowEndpoints list", "EndpointListComplete"
+    )
+    refused = _pjsip_refusal(endpoint, listing)
+    if refused is not None:
+        if "no endpoints found" in refused.lower():
+            return []
+        if "invalid/unknown command" in refused.lower():
+            raise NoPjsipError("Asterisk does not know PJSIPShowEndpoints: res_pjsip is not loaded")
+        raise AmiError(f"PJSIPShowEndpoints failed: {refused}")
+    stream.phase()
+    stream.show_endpoints(stream.with_contacts)
+    await _await_stream(
+        manager, endpoint, stream, "the PJSIPShowEndpoint answers", "EndpointDetailComplete"
+    )
+    for action in stream.lists:
+        if action.name == "PJSIPShowEndpoint":
+            refused = _pjsip_refusal(endpoint, action)
+            if refused is not None:  # removed since it was listed
+                log.debug("PJSIPShowEndpoint %s: %s", action.endpoint, refused)
+    return stream.contacts
 
 
 async def _read_sources(

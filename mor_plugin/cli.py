@@ -21,21 +21,21 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Optional
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, notify, pjsip, store, textfile
-from .ami import AmiEndpoint, AmiError, PeerList, get_peer_list
+from . import __version__, pjsip, store
+from .ami import AmiEndpoint, AmiError, PeerList, ServerInfo, get_peer_list
+from .atomic import atomic_write
 from .config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_LOCK_FILE,
@@ -45,16 +45,11 @@ from .config import (
     Settings,
     load_settings,
 )
-from .status import (
-    KINDS,
-    Device,
-    DeviceState,
-    FlapRule,
-    Plan,
-    WrongServer,
-    plan_cycle,
-    wrong_server_records,
-)
+from .plans import Listing, PollInputs, PollPlan, Rules, plan_poll
+from .status import KINDS, Plan
+
+if TYPE_CHECKING:
+    from . import notify
 
 log = logging.getLogger("mor_plugin")
 
@@ -293,17 +288,7 @@ def _without_cyclic_gc() -> Iterator[None]:
 
 def write_state_file(path: Path, payload: dict[str, Any]) -> None:
     """Atomically replace the state file that the Ansible fact reads."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _previous_success(path: Path) -> Optional[str]:
@@ -320,10 +305,7 @@ def _endpoint(settings: Settings, engine: Any) -> AmiEndpoint:
         try:
             from_db = store.ami_credentials_from_servers(engine, settings.server_id)
         except SQLAlchemyError as err:
-            raise RunFailed(
-                f"database {settings.masked_db_url()}: {store.describe_db_error(err)}",
-                EXIT_DATABASE,
-            ) from None
+            raise _database_failed(settings, err) from None
         if from_db is None:
             raise RunFailed(
                 f"{settings.config_path}: no AMI user -- set ami_username/ami_secret, or add a "
@@ -344,175 +326,180 @@ def _endpoint(settings: Settings, engine: Any) -> AmiEndpoint:
     )
 
 
-def _describe_changes(
-    devices: Sequence[Device], plan: Plan, wrong: Sequence[WrongServer]
-) -> list[str]:
-    by_id = {device.id: device for device in devices}
+def _describe_changes(inputs: PollInputs, planned: PollPlan) -> list[str]:
+    """What a dry run prints: each device's change, each device on the wrong server."""
+    by_id = {device.id: device for device in inputs.devices}
     lines = [
         f"device {device_id} {by_id[device_id].name!r}: "
         f"{by_id[device_id].reg_status!r} -> {value!r}"
-        for device_id, value in plan.reg_status_changes
+        for device_id, value in planned.plan.reg_status_changes
     ]
     lines += [
         f"device {w.device_id} {w.peer_name!r} is registered here but assigned to server "
         f"{w.assigned_server_id}: not written"
-        for w in wrong
+        for w in planned.wrong
     ]
     return lines
 
 
+def _database_failed(settings: Settings, err: Exception) -> RunFailed:
+    return RunFailed(
+        f"database {settings.masked_db_url()}: {store.describe_db_error(err)}", EXIT_DATABASE
+    )
+
+
+@dataclass(frozen=True)
+class _Poll:
+    """One poll's result: what it read, planned and wrote."""
+
+    inputs: PollInputs
+    planned: PollPlan
+    changed: int
+
+
 def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
-    """One run: AMI list, rules, one transaction. Raises RunFailed with an exit code."""
+    """One run: AMI list, then in one transaction read, plan and write. Raises RunFailed
+    with an exit code."""
     started = time.monotonic()
-    summary = RunSummary(server_id=settings.server_id, dry_run=dry_run)
     engine = store.make_engine(settings.db_url, timeout=settings.db_timeout, echo=False)
     try:
-        endpoint = _endpoint(settings, engine)
-        try:
-            listing: PeerList = get_peer_list(endpoint, settings.peer_source)
-            # the observation time: a device the listener wrote later is left alone
-            observed = utc_now()
-        except AmiError as err:
-            if not dry_run:
-                store.record_failure(engine, settings.server_id, utc_now(), f"AMI: {err}")
-            raise RunFailed(str(err), EXIT_AMI) from None
+        listing, observed, info = _list_peers(settings, engine, dry_run)
         # Asterisk answered: only now touch the database (a failed AMI run writes nothing
         # but its error line into an existing summary row).
         if not dry_run:
-            try:
-                applied = store.ensure_schema(engine, utc_now())
-            except (SQLAlchemyError, store.StoreError) as err:
-                raise RunFailed(
-                    f"database {settings.masked_db_url()}: {store.describe_db_error(err)}",
-                    EXIT_DATABASE,
-                ) from None
-            if applied:
-                log.info("database migrated to version %s", applied[-1])
-        # PJSIP: contacts by endpoint; they become peers once the qualify limits are read
-        grouped = (
-            pjsip.group_by_endpoint(listing.contacts) if listing.contacts is not None else None
-        )
-        summary.peers = len(listing.peers) + len(grouped or ())
-        summary.asterisk_version = listing.info.asterisk_version
-        log.debug(
-            "AMI listed %d chan_sip peers and %s PJSIP contacts of %d endpoints "
-            "(source %s, Asterisk %s, AMI %s)",
-            len(listing.peers),
-            "no" if listing.contacts is None else len(listing.contacts),
-            len(grouped or ()),
-            listing.source,
-            listing.info.asterisk_version,
-            listing.info.ami_version,
-        )
-
-        flap = FlapRule(settings.flap_changes, timedelta(seconds=settings.flap_window))
-        done: dict[str, Any] = {}
-
-        def work(conn: Connection) -> None:
-            now = utc_now()
-            devices = store.load_devices(conn, settings.server_id)
-            # a writing run migrated above; only a dry run may meet a database without our tables
-            migrated = not dry_run or bool(store.schema_version(conn))
-            states: dict[int, DeviceState] = (
-                store.load_states(conn, settings.server_id) if migrated else {}
-            )
-            recent = (
-                store.count_recent_transitions(conn, settings.server_id, observed - flap.window)
-                if migrated
-                else {}
-            )
-            sample = migrated and store.latency_due(
-                store.last_success(conn, settings.server_id), now
-            )
-            peers = listing.peers
-            if grouped is not None:
-                qualify = store.load_qualify(conn, settings.server_id)
-                from_contacts = pjsip.peers_from_contacts(grouped, qualify)
-                peers = (
-                    pjsip.merge_sources(listing.peers, from_contacts)
-                    if listing.peers
-                    else from_contacts
-                )
-            plan = plan_cycle(
-                settings.server_id,
-                peers,
-                devices,
-                states,
-                observed,
-                settings.unknown_after,
-                recent=recent,
-                flap=flap,
-                sample_latency=sample and not dry_run,
-            )
-            done["plan"] = plan
-            summary.peers = plan.peers_listed
-            elsewhere = store.find_devices_elsewhere(
-                conn, [p.name for p in plan.unmatched_peers], settings.server_id
-            )
-            wrong = wrong_server_records(plan.unmatched_peers, elsewhere, settings.server_id)
-            summary.counts = dict(plan.counts)
-            summary.state_changes = len(plan.state_changes)
-            summary.wrong_server = len(wrong)
-            if dry_run:
-                summary.changed = len(plan.reg_status_changes)
-                summary.changes = _describe_changes(devices, plan, wrong)
-                return
-            run = store.ServerRun(
-                server_id=settings.server_id,
-                at=now,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                peers=summary.peers,
-                changed=len(plan.reg_status_changes),
-                counts=summary.counts,
-                wrong_server=len(wrong),
-                asterisk_version=listing.info.asterisk_version,
-                uptime=listing.info.uptime,
-                observed_at=observed,
-            )
-            summary.changed = store.write_plan(conn, settings.server_id, plan, wrong, now, run)
-            newer = {
-                device_id
-                for device_id, state in states.items()
-                if state.observed_at is not None and state.observed_at > observed
-            }
-            store.write_contacts(
-                conn,
-                settings.server_id,
-                pjsip.contact_sets(devices, grouped or {}),
-                now,
-                leave=newer,
-            )
-            log.debug(
-                "SQL: %d reg_status changes, %d state rows, %d forgotten, %d wrong-server, "
-                "%d transitions, %d left to newer events",
-                len(plan.reg_status_changes),
-                len(plan.state_changes),
-                len(plan.forgotten_device_ids),
-                len(wrong),
-                len(plan.transitions),
-                plan.skipped_newer,
-            )
-
-        try:
-            store.in_transaction(
-                engine,
-                work,
-                lock=store.write_lock_name(settings.server_id),
-                lock_timeout=settings.db_timeout,
-            )
-        except SQLAlchemyError as err:
-            message = f"database {settings.masked_db_url()}: {store.describe_db_error(err)}"
-            if not dry_run:
-                store.record_failure(engine, settings.server_id, utc_now(), message)
-            raise RunFailed(message, EXIT_DATABASE) from None
-        if not dry_run:
-            summary.alerts = _after_commit(settings, engine, done["plan"], observed)
+            _ensure_schema(settings, engine)
+        poll = _poll(settings, engine, listing, observed, info, started, dry_run)
+        alerts = [] if dry_run else _after_commit(settings, engine, poll.planned.plan, observed)
     finally:
         if not dry_run:
-            textfile.export(engine, settings.textfile_dir, settings.server_id, utc_now())
+            _export_textfile(settings, engine)
         engine.dispose()
-    summary.seconds = time.monotonic() - started
-    return summary
+    plan = poll.planned.plan
+    return RunSummary(
+        server_id=settings.server_id,
+        dry_run=dry_run,
+        peers=plan.peers_listed,
+        changed=len(plan.reg_status_changes) if dry_run else poll.changed,
+        state_changes=len(plan.state_changes),
+        wrong_server=len(poll.planned.wrong),
+        counts=dict(plan.counts),
+        asterisk_version=info.asterisk_version,
+        seconds=time.monotonic() - started,
+        changes=_describe_changes(poll.inputs, poll.planned) if dry_run else [],
+        alerts=alerts,
+    )
+
+
+def _list_peers(
+    settings: Settings, engine: Any, dry_run: bool
+) -> tuple[Listing, datetime, ServerInfo]:
+    """Asterisk's peer list, when it was observed (a device the listener wrote later is
+    left alone), and what Asterisk said of itself."""
+    endpoint = _endpoint(settings, engine)
+    try:
+        listed: PeerList = get_peer_list(endpoint, settings.peer_source)
+        observed = utc_now()
+    except AmiError as err:
+        if not dry_run:
+            store.record_failure(engine, settings.server_id, utc_now(), f"AMI: {err}")
+        raise RunFailed(str(err), EXIT_AMI) from None
+    contacts = None if listed.contacts is None else pjsip.group_by_endpoint(listed.contacts)
+    log.debug(
+        "AMI listed %d chan_sip peers and %s PJSIP contacts of %d endpoints "
+        "(source %s, Asterisk %s, AMI %s)",
+        len(listed.peers),
+        "no" if listed.contacts is None else len(listed.contacts),
+        len(contacts or ()),
+        listed.source,
+        listed.info.asterisk_version,
+        listed.info.ami_version,
+    )
+    return Listing(listed.peers, contacts), observed, listed.info
+
+
+def _ensure_schema(settings: Settings, engine: Any) -> None:
+    try:
+        applied = store.ensure_schema(engine, utc_now())
+    except (SQLAlchemyError, store.StoreError) as err:
+        raise _database_failed(settings, err) from None
+    if applied:
+        log.info("database migrated to version %s", applied[-1])
+
+
+def _poll(
+    settings: Settings,
+    engine: Any,
+    listing: Listing,
+    observed: datetime,
+    info: ServerInfo,
+    started: float,
+    dry_run: bool,
+) -> _Poll:
+    """The poll's transaction, under the server's write lock: read, plan, write (a dry
+    run stops after the plan)."""
+    rules = Rules.of(settings)
+
+    def work(conn: Connection) -> _Poll:
+        now = utc_now()
+        # a writing run migrated before; only a dry run may meet a database without our tables
+        own_tables = not dry_run or bool(store.schema_version(conn))
+        inputs = store.load_poll_inputs(conn, rules, listing, observed, now, own_tables=own_tables)
+        if dry_run:  # nothing is written: no latency samples to take
+            inputs = replace(inputs, sample_latency=False)
+        planned = plan_poll(rules, listing, inputs, observed)
+        if dry_run:
+            return _Poll(inputs, planned, 0)
+        run = _server_run(settings, planned, info, now, observed, started)
+        changed = store.write_poll(conn, planned, now, run)
+        plan = planned.plan
+        log.debug(
+            "SQL: %d reg_status changes, %d state rows, %d forgotten, %d wrong-server, "
+            "%d transitions, %d left to newer events",
+            len(plan.reg_status_changes),
+            len(plan.state_changes),
+            len(plan.forgotten_device_ids),
+            len(planned.wrong),
+            len(plan.transitions),
+            plan.skipped_newer,
+        )
+        return _Poll(inputs, planned, changed)
+
+    try:
+        return store.in_transaction(
+            engine,
+            work,
+            lock=store.write_lock_name(settings.server_id),
+            lock_timeout=settings.db_timeout,
+        )
+    except SQLAlchemyError as err:
+        failed = _database_failed(settings, err)
+        if not dry_run:
+            store.record_failure(engine, settings.server_id, utc_now(), str(failed))
+        raise failed from None
+
+
+def _server_run(
+    settings: Settings,
+    planned: PollPlan,
+    info: ServerInfo,
+    now: datetime,
+    observed: datetime,
+    started: float,
+) -> store.ServerRun:
+    """The server's summary row of this run."""
+    plan = planned.plan
+    return store.ServerRun(
+        server_id=settings.server_id,
+        at=now,
+        duration_ms=int((time.monotonic() - started) * 1000),
+        peers=plan.peers_listed,
+        changed=len(plan.reg_status_changes),
+        counts=dict(plan.counts),
+        wrong_server=len(planned.wrong),
+        asterisk_version=info.asterisk_version,
+        uptime=info.uptime,
+        observed_at=observed,
+    )
 
 
 def _after_commit(
@@ -531,18 +518,47 @@ def _after_commit(
             log.info("purged %d history rows and %d latency rows", history, latency)
     except SQLAlchemyError as err:
         log.warning("latency samples or purge failed: %s", store.describe_db_error(err))
-    hook = notify.webhook_from(settings)
-    return (
-        [] if hook is None else notify.due_after_commit(engine, hook, plan.transitions, utc_now())
+    hook = _webhook(settings)
+    if hook is None:
+        return []
+    from . import notify
+
+    return notify.due_after_commit(engine, hook, plan.transitions, utc_now())
+
+
+def _webhook(settings: Settings) -> Optional[notify.Webhook]:
+    """The configured webhook, if any. The webhook code (and what it imports) loads only
+    when mor.conf sets one: most runs have none, and cron pays every import."""
+    if not settings.webhook_url:
+        return None
+    from . import notify
+
+    return notify.webhook_from(settings)
+
+
+def _export_textfile(settings: Settings, engine: Any) -> None:
+    """The node_exporter textfile, when mor.conf asks for one (loaded only then)."""
+    if settings.textfile_dir is None:
+        return
+    from . import textfile
+
+    textfile.export(
+        engine,
+        settings.textfile_dir,
+        settings.server_id,
+        utc_now(),
+        settings.listener_silent_after,
     )
 
 
 def deliver_alerts(settings: Settings, alerts: Sequence[notify.Alert]) -> int:
     """Send what a run decided (within ``webhook_timeout`` in all) and record it; never
     raises. Returns the alerts delivered."""
-    hook = notify.webhook_from(settings)
+    hook = _webhook(settings)
     if hook is None or not alerts:
         return 0
+    from . import notify
+
     engine = store.make_engine(settings.db_url, timeout=settings.db_timeout, echo=False)
     try:
         return notify.deliver(engine, hook, alerts, utc_now())
@@ -639,9 +655,7 @@ def _watch(settings: Settings) -> int:
     engine = store.make_engine(settings.db_url, timeout=settings.db_timeout)
     try:
         endpoint = _endpoint(settings, engine)
-        applied = store.ensure_schema(engine, utc_now())
-        if applied:
-            log.info("database migrated to version %s", applied[-1])
+        _ensure_schema(settings, engine)
         from . import listener  # only the long-running mode needs it
 
         log.info("listener started (server_id %s)", settings.server_id)
@@ -654,9 +668,9 @@ def _watch(settings: Settings) -> int:
         log.error("listener failed: %s", err)
         return _fail(str(err), err.exit_code, sys.stderr)
     except SQLAlchemyError as err:
-        message = f"database {settings.masked_db_url()}: {store.describe_db_error(err)}"
-        log.error("listener failed: %s", message)
-        return _fail(message, EXIT_DATABASE, sys.stderr)
+        failed = _database_failed(settings, err)
+        log.error("listener failed: %s", failed)
+        return _fail(str(failed), failed.exit_code, sys.stderr)
     except Exception as err:  # noqa: BLE001 - one line for systemd, the traceback for the log
         log.exception("listener failed unexpectedly")
         message = f"unexpected {type(err).__name__}: {err} (traceback in {settings.log_file})"
@@ -665,26 +679,32 @@ def _watch(settings: Settings) -> int:
         engine.dispose()
 
 
+def _migrate(settings: Settings) -> int:
+    """``--migrate``: the project's tables created or brought up to date."""
+    try:
+        engine = store.make_engine(settings.db_url, timeout=settings.db_timeout)
+        try:
+            applied = store.migrate(engine, utc_now())
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, store.StoreError) as err:
+        failed = _database_failed(settings, err)
+        log.error("migration failed: %s", failed)
+        return _fail(str(failed), failed.exit_code, sys.stderr)
+    text = (
+        f"migrated to schema version {applied[-1]}"
+        if applied
+        else f"schema already at version {store.LATEST_VERSION}"
+    )
+    log.info("%s", text)
+    print(text)
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> tuple[int, list[notify.Alert]]:
     """The run under the lock: its exit code and the webhook alerts to send after it."""
     if args.migrate:
-        try:
-            engine = store.make_engine(settings.db_url, timeout=settings.db_timeout)
-            applied = store.migrate(engine, utc_now())
-            engine.dispose()
-        except (SQLAlchemyError, store.StoreError) as err:
-            message = f"database {settings.masked_db_url()}: {store.describe_db_error(err)}"
-            log.error("migration failed: %s", message)
-            return _fail(message, EXIT_DATABASE, sys.stderr), []
-        text = (
-            f"migrated to schema version {applied[-1]}"
-            if applied
-            else f"schema already at version {store.LATEST_VERSION}"
-        )
-        log.info("%s", text)
-        print(text)
-        return EXIT_OK, []
-
+        return _migrate(settings), []
     log.info(
         "run started (server_id %s, %s)",
         settings.server_id,

@@ -2,8 +2,9 @@
 
 ``/var/lib/asterisk/agi-bin/mor.conf`` is MOR's flat ``key = value`` file. MOR's
 own programs read ``host db user secret port server_id debug show_sql`` from it;
-the collector reads those plus its own keys (see ``_OUR_KEYS``). The reader is
-more forgiving than MOR's legacy ``fscanf("%s = %s")``:
+the collector reads those plus its own keys; :data:`KEYS` states each key once (how
+it is read, its default, range and meaning). The file is read more forgivingly than
+MOR's legacy ``fscanf("%s = %s")`` reads it:
 
 * keys are case-insensitive (MOR's wiki writes ``DEBUG = 1``);
 * spaces around ``=`` are optional;
@@ -23,9 +24,10 @@ more forgiving than MOR's legacy ``fscanf("%s = %s")``:
   the collector prints those on stderr as well as in its log, since the setting the
   admin wrote has no effect.
 
-AMI credentials come from the ``ami_*`` keys, else from ``manager.conf`` (the
-``[mor]`` user when it has a secret, else the first user with one), else they
-are ``None`` and the collector reads MOR's ``servers`` row of this server.
+AMI credentials come from the ``ami_*`` keys, else from ``manager.conf`` as
+:func:`read_manager_conf` reads it (``[mor_regstatus]``, else ``[mor]``, when it
+has a secret, else the first user with one), else they are ``None`` and the
+collector reads MOR's ``servers`` row of this server.
 
 Every problem a user can cause becomes a one-line :class:`ConfigError` or a
 one-line warning in :attr:`Settings.warnings`; neither ever contains a secret.
@@ -39,7 +41,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
@@ -54,36 +56,6 @@ DEFAULT_LOCK_FILE = Path("/run/mor_retrieve_peers.lock")
 DEFAULT_AMI_HOST = "127.0.0.1"
 DEFAULT_AMI_PORT = 5038
 
-_MOR_DEFAULTS = {"host": "localhost", "db": "mor", "user": "mor", "secret": "mor", "port": "3306"}
-_MOR_KEYS = ("host", "db", "user", "secret", "port", "server_id", "debug", "show_sql")
-_OUR_KEYS = (
-    "db_url",
-    "ami_host",
-    "ami_port",
-    "ami_username",
-    "ami_secret",
-    "manager_conf",
-    "unknown_after",
-    "ami_connect_timeout",
-    "ami_timeout",
-    "ami_list_timeout",
-    "db_timeout",
-    "log_file",
-    "state_file",
-    "lock_file",
-    "watch_ping_interval",
-    "history_days",
-    "flap_changes",
-    "flap_window",
-    "textfile_dir",
-    "webhook_url",
-    "webhook_secret",
-    "webhook_timeout",
-    "webhook_user_ids",
-    "webhook_device_ids",
-    "peer_source",
-)
-KNOWN_KEYS = frozenset(_MOR_KEYS + _OUR_KEYS)
 #: Keys that MOR's other programs read from this file (MOR's x6/asterisk/agi/mor.conf):
 #: never taken for a misspelling of ours, whatever the cutoff.
 MOR_OTHER_KEYS = frozenset(("calls_one_time", "cron_interval", "execute_call_files"))
@@ -120,6 +92,10 @@ def _shown(number: float) -> str:
     return str(int(number)) if number == int(number) else str(number)
 
 
+#: how README's table writes a unit after a range
+_UNIT_SUFFIX = {"seconds": " s", "days": " days", "minutes": " minutes"}
+
+
 @dataclass(frozen=True)
 class NumberRange:
     """The values a numeric mor.conf key accepts; anything else is a ConfigError."""
@@ -154,46 +130,430 @@ class NumberRange:
             return f"{noun} > {_shown(self.low)} and <= {_shown(self.high)}"
         return f"{noun} from {_shown(self.low)} to {_shown(self.high)}"
 
+    def markdown(self) -> str:
+        """The range as README's table writes it, e.g. ``> 0 and ≤ 60 s``, ``1–3650 days``."""
+        unit = _UNIT_SUFFIX.get(self.unit or "", "")
+        low = _shown(self.low).replace("-", "−")  # a minus sign reads apart from the dash
+        if self.above_low:
+            return f"> {low} and ≤ {_shown(self.high)}{unit}"
+        return f"{low}–{_shown(self.high)}{unit}"
+
 
 _PORT = NumberRange(1, 65535, noun="a port number")
-
-#: Every numeric mor.conf key and its range (README's configuration table). The loader reads
-#: numbers only through this table, so a new numeric key cannot miss its range.
-NUMERIC_KEYS: Mapping[str, NumberRange] = {
-    "server_id": NumberRange(1, INT32_MAX),
-    "port": _PORT,
-    "ami_port": _PORT,
-    "ami_connect_timeout": NumberRange(0, 60, "seconds", above_low=True),
-    "ami_timeout": NumberRange(0, 300, "seconds", above_low=True),
-    "ami_list_timeout": NumberRange(0, 600, "seconds", above_low=True),
-    "db_timeout": NumberRange(0, 600, "seconds", above_low=True),
-    "unknown_after": NumberRange(0, 365 * 86400, "seconds"),
-    "watch_ping_interval": NumberRange(0, 3600, "seconds", above_low=True),
-    "history_days": NumberRange(1, 3650, "days"),
-    "flap_changes": NumberRange(2, 1000),
-    "flap_window": NumberRange(0, 1440, "minutes", above_low=True, scale=60.0),
-    "webhook_timeout": NumberRange(0, 60, "seconds", above_low=True),
-    # lists: every element in the range
-    "webhook_user_ids": NumberRange(-1, INT32_MAX, noun="a list of whole numbers"),
-    "webhook_device_ids": NumberRange(1, INT32_MAX, noun="a list of whole numbers"),
-}
-
-#: mor.conf keys whose value is a URL: shown only through :func:`mask_url`.
-URL_KEYS = ("db_url", "webhook_url")
-
-
-def _default_db_url() -> str:
-    return _mysql_url(
-        _MOR_DEFAULTS["host"],
-        int(_MOR_DEFAULTS["port"]),
-        _MOR_DEFAULTS["db"],
-        _MOR_DEFAULTS["user"],
-        _MOR_DEFAULTS["secret"],
-    )
 
 
 class ConfigError(Exception):
     """A configuration the collector cannot run with; ``str()`` is one line saying what to fix."""
+
+
+# --------------------------------------------------------------------------- mor.conf values
+
+
+class _Values:
+    """Typed, validated access to mor.conf's values; errors name the file and the key.
+
+    Each reader takes the key's :class:`Key` and gives its default when the key is
+    absent or empty; :data:`KEYS` names the reader of every key."""
+
+    def __init__(self, file: Path, values: Mapping[str, str]) -> None:
+        self.file = file
+        self.values = values
+
+    def _fail(self, name: str, what: str) -> ConfigError:
+        raw = self.values[name]
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."
+        return ConfigError(f"{self.file}: {name} = {shown!r} is not {what}")
+
+    def given(self, name: str) -> Optional[str]:
+        """The value as written, ``None`` when the key is absent or empty."""
+        return self.values.get(name) or None
+
+    def read(self, name: str) -> Any:
+        """The value of key ``name``, read and checked as :data:`KEYS` says."""
+        key = KEY[name]
+        return key.reader(self, key)
+
+    def text(self, key: Key) -> Any:
+        return self.given(key.name) or key.default
+
+    def secret(self, key: Key) -> Any:
+        """A password: an empty value is an empty password, not the default."""
+        raw = self.values.get(key.name)
+        return key.default if raw is None else raw
+
+    def number(self, key: Key) -> float:
+        """A value in the key's range, scaled as the setting holds it."""
+        allowed = _range_of(key)
+        raw = self.given(key.name)
+        if raw is None:
+            return float(key.default)
+        number = allowed.parse(raw)
+        if number is None:
+            raise self._fail(key.name, allowed.describe())
+        return number * allowed.scale
+
+    def whole(self, key: Key) -> int:
+        return int(self.number(key))
+
+    def boolean(self, key: Key) -> bool:
+        raw = self.given(key.name)
+        if raw is None:
+            return bool(key.default)
+        if raw.lower() not in _BOOLEANS:
+            raise self._fail(key.name, "a boolean (use 1/0, yes/no, true/false, on/off)")
+        return _BOOLEANS[raw.lower()]
+
+    def ids(self, key: Key) -> tuple[int, ...]:
+        """A comma- or space-separated list of whole numbers (``-1`` allowed: providers)."""
+        allowed = _range_of(key)
+        raw = self.given(key.name)
+        if raw is None:
+            return tuple(key.default)
+        numbers = [allowed.parse(part) for part in re.split(r"[\s,]+", raw) if part]
+        if None in numbers:
+            raise self._fail(key.name, f"{allowed.describe()}, like '-1, 5'")
+        return tuple(int(number) for number in numbers if number is not None)
+
+    def choice(self, key: Key) -> str:
+        """One of the key's ``choices`` (any case)."""
+        raw = self.given(key.name)
+        if raw is None:
+            return str(key.default)
+        if raw.lower() not in key.choices:
+            raise self._fail(key.name, f"one of {', '.join(key.choices)}")
+        return raw.lower()
+
+    def url(self, key: Key) -> Optional[str]:
+        raw = self.given(key.name)
+        if raw is None:
+            return None
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
+            raise ConfigError(f"{self.file}: {key.name} is not an http:// or https:// URL")
+        # The URL is never echoed: it may hold a password or a token. Where urllib's reading
+        # could differ from the user's, the URL is refused, so that mask_url hides all of it.
+        parts = urlsplit(raw)
+        try:
+            valid = bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is not a number 0-65535
+            valid = False
+        host_start = raw.index("//") + 2
+        if not valid or "@" in raw[host_start + _cut(raw[host_start:], "/?#") :]:
+            raise ConfigError(
+                f"{self.file}: {key.name} has no host, a bad port, or an '@' after the host"
+                " -- write '/', '?', '#' and '@' inside the user name, password, path or"
+                " query as %2F, %3F, %23 and %40"
+            )
+        return raw
+
+    def path(self, key: Key) -> Optional[Path]:
+        """The path; a relative one is taken relative to mor.conf's directory."""
+        raw = self.given(key.name)
+        if raw is None:
+            default: Optional[Path] = key.default
+            return default
+        return self.file.parent / raw
+
+
+# --------------------------------------------------------------------------- the keys
+
+
+@dataclass(frozen=True)
+class Key:
+    """One mor.conf key: how it is read, what an empty mor.conf gives, what it is for."""
+
+    name: str
+    #: the :class:`_Values` method that reads and checks it
+    reader: Callable[[_Values, Key], Any]
+    #: what an empty mor.conf gives, as :class:`Settings` holds it (``flap_window``: seconds)
+    default: Any
+    #: README's one line about it
+    meaning: str
+    range: Optional[NumberRange] = None
+    #: README's range column for a key without a range; a note after the range for one with it
+    accepts: str = ""
+    #: README's default column, where the default alone does not say it
+    shown_default: Optional[str] = None
+    choices: tuple[str, ...] = ()
+    #: False: combined with other keys into a setting (``db_url`` from the MySQL keys, the
+    #: AMI login with manager.conf) instead of read into the Settings field of its name
+    own_setting: bool = True
+
+    def default_cell(self) -> str:
+        """README's default column."""
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default is None or self.default == ():
+            return "—"
+        if isinstance(self.default, bool):
+            return "`1`" if self.default else "`0`"
+        if self.range is not None:
+            return f"`{_shown(self.default / self.range.scale)}`"
+        return f"`{self.default}`"
+
+    def range_cell(self) -> str:
+        """README's range column."""
+        if self.choices:
+            return ", ".join(f"`{choice}`" for choice in self.choices)
+        if self.range is None:
+            return self.accepts or "—"
+        return f"{self.range.markdown()} {self.accepts}".strip()
+
+
+_SECONDS = "seconds"
+
+#: Every key of mor.conf that the collector reads, in README's order. Settings' defaults,
+#: KNOWN_KEYS, NUMERIC_KEYS and README's configuration table all come from here.
+KEYS: tuple[Key, ...] = (
+    Key("host", _Values.text, "localhost", "MOR's MySQL server", own_setting=False),
+    Key(
+        "port",
+        _Values.whole,
+        3306,
+        "MOR's MySQL port",
+        _PORT,
+        "(checked also when `db_url` is set)",
+        own_setting=False,
+    ),
+    Key("db", _Values.text, "mor", "MOR's database", own_setting=False),
+    Key("user", _Values.text, "mor", "the database user", own_setting=False),
+    Key(
+        "secret",
+        _Values.secret,
+        "mor",
+        "the database user's password (an empty value is an empty password)",
+        own_setting=False,
+    ),
+    Key(
+        "server_id",
+        _Values.whole,
+        1,
+        "this Asterisk server's `servers.id`",
+        NumberRange(1, INT32_MAX),
+        "(MOR's `servers.id` is `int(11)`)",
+    ),
+    Key(
+        "debug",
+        _Values.boolean,
+        False,
+        "`1`: log every AMI message (secrets masked) and SQL summaries",
+        accepts="boolean",
+    ),
+    Key("show_sql", _Values.boolean, False, "`1`: log every SQL statement", accepts="boolean"),
+    Key(
+        "db_url",
+        _Values.text,
+        None,
+        "a SQLAlchemy URL that replaces the MySQL keys (`sqlite:///…` for the demo)",
+        accepts="a SQLAlchemy URL of a known driver; an `@` in the password written `%40`",
+        own_setting=False,
+    ),
+    Key(
+        "ami_host",
+        _Values.text,
+        DEFAULT_AMI_HOST,
+        "where the local Asterisk's AMI listens (unset: `manager_conf`'s `bindaddr`"
+        " when it names one address)",
+        own_setting=False,
+    ),
+    Key(
+        "ami_port",
+        _Values.whole,
+        DEFAULT_AMI_PORT,
+        "the AMI port (unset: `manager_conf`'s `port`)",
+        _PORT,
+        own_setting=False,
+    ),
+    Key(
+        "ami_username",
+        _Values.text,
+        None,
+        "AMI login; without it the user of `manager.conf` (`[mor_regstatus]`, else `[mor]`,"
+        " else the first with a secret), then the `servers` row `WHERE id = server_id`",
+        shown_default="from `manager_conf`",
+        own_setting=False,
+    ),
+    Key(
+        "ami_secret",
+        _Values.text,
+        None,
+        "the AMI user's password (unset: its `secret` in `manager_conf`)",
+        shown_default="from `manager_conf`",
+        own_setting=False,
+    ),
+    Key(
+        "manager_conf",
+        _Values.path,
+        DEFAULT_MANAGER_CONF,
+        "read for the AMI user, secret, port and address",
+    ),
+    Key(
+        "unknown_after",
+        _Values.number,
+        3600.0,
+        "seconds of UNREACHABLE after which a device shows UNKNOWN",
+        NumberRange(0, 365 * 86400, _SECONDS),
+        "(365 days)",
+    ),
+    Key(
+        "ami_connect_timeout",
+        _Values.number,
+        5.0,
+        "seconds to connect to AMI",
+        NumberRange(0, 60, _SECONDS, above_low=True),
+    ),
+    Key(
+        "ami_timeout",
+        _Values.number,
+        10.0,
+        "seconds for the login, each action, and the longest silence inside the peer list",
+        NumberRange(0, 300, _SECONDS, above_low=True),
+    ),
+    Key(
+        "ami_list_timeout",
+        _Values.number,
+        60.0,
+        "seconds for the whole peer list",
+        NumberRange(0, 600, _SECONDS, above_low=True),
+    ),
+    Key(
+        "db_timeout",
+        _Values.number,
+        30.0,
+        "seconds for each database read or write",
+        NumberRange(0, 600, _SECONDS, above_low=True),
+    ),
+    Key(
+        "log_file",
+        _Values.path,
+        DEFAULT_LOG_FILE,
+        "start, finish and errors always; more with `debug = 1`; mode 0640"
+        " (see [Secrets in logs](#secrets-in-logs))",
+    ),
+    Key("state_file", _Values.path, DEFAULT_STATE_FILE, "the last run, read by the Ansible fact"),
+    Key(
+        "lock_file",
+        _Values.path,
+        DEFAULT_LOCK_FILE,
+        "keeps overlapping cron runs apart (the listener uses `<lock_file>.watch`)",
+    ),
+    Key(
+        "watch_ping_interval",
+        _Values.number,
+        10.0,
+        "`--watch`: seconds between the listener's AMI Pings (each answer must come within"
+        " `ami_timeout`)",
+        NumberRange(0, 3600, _SECONDS, above_low=True),
+    ),
+    Key(
+        "history_days",
+        _Values.number,
+        30.0,
+        "days of transition history kept (`mor_regstatus_history`)",
+        NumberRange(1, 3650, "days"),
+    ),
+    Key(
+        "flap_changes",
+        _Values.whole,
+        4,
+        "a device with at least `flap_changes` transitions within `flap_window` is flapping",
+        NumberRange(2, 1000),
+    ),
+    Key(
+        "flap_window",
+        _Values.number,
+        600.0,
+        "minutes in which `flap_changes` transitions make a device flapping; also the"
+        " webhook's limit of one message per device",
+        NumberRange(0, 1440, "minutes", above_low=True, scale=60.0),
+    ),
+    Key(
+        "textfile_dir",
+        _Values.path,
+        None,
+        "node_exporter textfile directory; when set, `mor_regstatus.prom` is written there",
+    ),
+    Key(
+        "webhook_url",
+        _Values.url,
+        None,
+        "http(s) URL for down/up notifications (JSON POST); a `user:password@` in it is sent"
+        " as HTTP Basic authentication",
+        accepts="an http(s) URL with a host (see [Secrets in logs](#secrets-in-logs) for what"
+        " to percent-encode)",
+    ),
+    Key(
+        "webhook_secret",
+        _Values.text,
+        None,
+        "HMAC-SHA256 key; the body's signature goes in `X-MOR-Signature: sha256=<hex>`",
+    ),
+    Key(
+        "webhook_timeout",
+        _Values.number,
+        5.0,
+        "seconds for the **whole** delivery of a run: every connection, request and answer,"
+        " every chunk and the retry",
+        NumberRange(0, 60, _SECONDS, above_low=True),
+    ),
+    Key(
+        "webhook_user_ids",
+        _Values.ids,
+        (),
+        "the owners whose devices notify, comma-separated",
+        NumberRange(-1, INT32_MAX, noun="a list of whole numbers"),
+        "(`-1` = providers, `0` = admin)",
+    ),
+    Key(
+        "webhook_device_ids",
+        _Values.ids,
+        (),
+        "the devices that notify, comma-separated",
+        NumberRange(1, INT32_MAX, noun="a list of whole numbers"),
+    ),
+    Key(
+        "peer_source",
+        _Values.choice,
+        PEER_SOURCES[0],
+        "which channel driver to read: `auto` (chan_sip; PJSIP when Asterisk does not know"
+        " `SIPpeers` or chan_sip lists no peer at all), `sip`, `pjsip`, or `both`"
+        " (see [PJSIP](#pjsip-asterisk-1322))",
+        choices=PEER_SOURCES,
+    ),
+)
+KEY: Mapping[str, Key] = {key.name: key for key in KEYS}
+KNOWN_KEYS = frozenset(KEY)
+#: Every numeric mor.conf key and its range (README's configuration table). The loader reads
+#: numbers only through these ranges, so a new numeric key cannot miss its range.
+NUMERIC_KEYS: Mapping[str, NumberRange] = {
+    key.name: key.range for key in KEYS if key.range is not None
+}
+#: mor.conf keys whose value is a URL: shown only through :func:`mask_url`.
+URL_KEYS = ("db_url", "webhook_url")
+
+
+def _range_of(key: Key) -> NumberRange:
+    if key.range is None:
+        raise TypeError(f"mor.conf key {key.name} has no range to read a number with")
+    return key.range
+
+
+def markdown_table() -> str:
+    """README's table of the mor.conf keys (tests/test_docs.py keeps README equal to it)."""
+    rows = ["| key | default | range | meaning |", "|---|---|---|---|"]
+    rows += [
+        f"| `{key.name}` | {key.default_cell()} | {key.range_cell()} | {key.meaning} |"
+        for key in KEYS
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def _default(name: str) -> Any:
+    """The default of mor.conf key ``name`` (for Settings' fields)."""
+    return KEY[name].default
+
+
+def _default_db_url() -> str:
+    return _mysql_url(*(_default(name) for name in ("host", "port", "db", "user", "secret")))
 
 
 @dataclass(frozen=True, repr=False)
@@ -201,44 +561,53 @@ class Settings:
     """Everything the collector needs, validated. The defaults are what an empty mor.conf gives."""
 
     config_path: Path = DEFAULT_CONFIG_PATH
-    server_id: int = 1
+    server_id: int = _default("server_id")
     db_url: str = field(default_factory=_default_db_url)
-    debug: bool = False
-    show_sql: bool = False
-    ami_host: str = DEFAULT_AMI_HOST
-    ami_port: int = DEFAULT_AMI_PORT
+    debug: bool = _default("debug")
+    show_sql: bool = _default("show_sql")
+    ami_host: str = _default("ami_host")
+    ami_port: int = _default("ami_port")
     #: ``None`` (with ``ami_secret``) when neither mor.conf nor manager.conf names an AMI
     #: user: the collector then uses MOR's ``servers`` row ``WHERE id = server_id``.
-    ami_username: Optional[str] = None
-    ami_secret: Optional[str] = None
-    ami_connect_timeout: float = 5.0
-    ami_timeout: float = 10.0
-    ami_list_timeout: float = 60.0
-    db_timeout: float = 30.0  # each database read or write
-    unknown_after: float = 3600.0
-    log_file: Path = DEFAULT_LOG_FILE
-    state_file: Path = DEFAULT_STATE_FILE
-    lock_file: Path = DEFAULT_LOCK_FILE
-    manager_conf: Path = DEFAULT_MANAGER_CONF
+    ami_username: Optional[str] = _default("ami_username")
+    ami_secret: Optional[str] = _default("ami_secret")
+    ami_connect_timeout: float = _default("ami_connect_timeout")
+    ami_timeout: float = _default("ami_timeout")
+    ami_list_timeout: float = _default("ami_list_timeout")
+    db_timeout: float = _default("db_timeout")  # each database read or write
+    unknown_after: float = _default("unknown_after")
+    log_file: Path = _default("log_file")
+    state_file: Path = _default("state_file")
+    lock_file: Path = _default("lock_file")
+    manager_conf: Path = _default("manager_conf")
     #: the event listener (``--watch``): seconds between its AMI Pings
-    watch_ping_interval: float = 10.0
-    history_days: float = 30.0
+    watch_ping_interval: float = _default("watch_ping_interval")
+    history_days: float = _default("history_days")
     #: a device with >= flap_changes transitions within flap_window seconds is flapping
-    flap_changes: int = 4
-    flap_window: float = 600.0
+    flap_changes: int = _default("flap_changes")
+    flap_window: float = _default("flap_window")
     #: node_exporter textfile directory for ``mor_regstatus.prom``; None: not written
-    textfile_dir: Optional[Path] = None
-    webhook_url: Optional[str] = None
-    webhook_secret: Optional[str] = None
-    webhook_timeout: float = 5.0
-    webhook_user_ids: tuple[int, ...] = ()
-    webhook_device_ids: tuple[int, ...] = ()
+    textfile_dir: Optional[Path] = _default("textfile_dir")
+    webhook_url: Optional[str] = _default("webhook_url")
+    webhook_secret: Optional[str] = _default("webhook_secret")
+    webhook_timeout: float = _default("webhook_timeout")
+    webhook_user_ids: tuple[int, ...] = _default("webhook_user_ids")
+    webhook_device_ids: tuple[int, ...] = _default("webhook_device_ids")
     #: auto (chan_sip, PJSIP when chan_sip is absent), sip, pjsip or both
-    peer_source: str = "auto"
+    peer_source: str = _default("peer_source")
     warnings: tuple[str, ...] = ()
     #: the warnings (also in ``warnings``) about keys that look like misspellings of ours:
     #: the setting has no effect, so the collector prints these on stderr too
     misspelled_keys: tuple[str, ...] = ()
+
+    @property
+    def listener_silent_after(self) -> float:
+        """Seconds after which the event listener's last heartbeat no longer shows it alive.
+
+        A live listener writes one after every answered Ping: it waits
+        ``watch_ping_interval``, the answer takes up to ``ami_timeout``, and the write waits
+        for the batch ahead of it and then for itself, each up to ``db_timeout``."""
+        return self.watch_ping_interval + self.ami_timeout + 2 * self.db_timeout
 
     def masked_db_url(self) -> str:
         """``db_url`` with its password replaced by ``***``, fit for logs."""
@@ -420,16 +789,33 @@ def _reason(err: OSError) -> str:
 
 
 @dataclass(frozen=True)
-class _Manager:
+class ManagerConf:
+    """What the collector takes from Asterisk's ``manager.conf``."""
+
+    #: the AMI user: ``[mor_regstatus]`` (the least-privilege user the Ansible role can
+    #: install in ``manager.d/``), else ``[mor]``, when it has a non-empty ``secret``, else
+    #: the first user section (not ``[general]``, not a template) that has one; None: none
     username: Optional[str]
     secret: Optional[str]
+    #: ``[general]`` values as written (None: absent)
     port_text: Optional[str]
     bindaddr: Optional[str]
     enabled: Optional[str]
     secrets: Mapping[str, str]  # lower-cased user name -> secret
 
+    @property
+    def port(self) -> Optional[int]:
+        """``[general] port``; None when absent or not a port number."""
+        port = None if self.port_text is None else _PORT.parse(self.port_text)
+        return None if port is None else int(port)
 
-def _parse_manager(text: str) -> _Manager:
+    @property
+    def disabled(self) -> bool:
+        """``[general] enabled`` turns AMI off."""
+        return self.enabled is not None and self.enabled.lower() in ("no", "false", "off", "0")
+
+
+def _parse_manager(text: str) -> ManagerConf:
     general: dict[str, str] = {}
     users: list[tuple[str, str]] = []
     for section in _asterisk_sections(text):
@@ -443,7 +829,7 @@ def _parse_manager(text: str) -> _Manager:
         or [user for user in users if user[0].lower() == "mor"]
         or users
     )[:1]
-    return _Manager(
+    return ManagerConf(
         username=chosen[0][0] if chosen else None,
         secret=chosen[0][1] if chosen else None,
         port_text=general.get("port"),
@@ -453,118 +839,16 @@ def _parse_manager(text: str) -> _Manager:
     )
 
 
-def _port(text: Optional[str]) -> Optional[int]:
-    port = None if text is None else _PORT.parse(text)
-    return None if port is None else int(port)
+def read_manager_conf(path: Path) -> Optional[ManagerConf]:
+    """Asterisk's ``manager.conf``, its ``#include`` lines followed; None when it is missing.
 
-
-def read_manager_conf(path: Path) -> tuple[Optional[str], Optional[str], Optional[int]]:
-    """``(username, secret, port)`` from Asterisk's ``manager.conf``.
-
-    ``#include`` lines are followed. The user is the section ``[mor_regstatus]`` (the
-    least-privilege user the Ansible role can install in ``manager.d/``), else ``[mor]``,
-    when it has a non-empty ``secret``, else the first user section (not ``[general]``,
-    not a template) that has one; ``(None, None)`` when there is none. ``port`` is
-    ``[general] port``, ``None`` when absent or not a port. A missing file gives
-    ``(None, None, None)``; other read errors raise ``OSError``.
+    Other read errors raise ``OSError``.
     """
     try:
         text = _with_includes(path, _read_text(path))
     except FileNotFoundError:
-        return None, None, None
-    manager = _parse_manager(text)
-    return manager.username, manager.secret, _port(manager.port_text)
-
-
-# --------------------------------------------------------------------------- mor.conf values
-
-
-class _Values:
-    """Typed, validated access to mor.conf's values; errors name the file and the key."""
-
-    def __init__(self, file: Path, values: Mapping[str, str]) -> None:
-        self.file = file
-        self.values = values
-
-    def _fail(self, key: str, what: str) -> ConfigError:
-        raw = self.values[key]
-        shown = raw if len(raw) <= 40 else raw[:37] + "..."
-        return ConfigError(f"{self.file}: {key} = {shown!r} is not {what}")
-
-    def text(self, key: str) -> Optional[str]:
-        """The value, ``None`` when the key is absent or empty."""
-        return self.values.get(key) or None
-
-    def number(self, key: str, default: float) -> float:
-        """The value of a key of :data:`NUMERIC_KEYS`, in its range and scaled."""
-        allowed = NUMERIC_KEYS[key]
-        raw = self.text(key)
-        if raw is None:
-            return default
-        number = allowed.parse(raw)
-        if number is None:
-            raise self._fail(key, allowed.describe())
-        return number * allowed.scale
-
-    def whole(self, key: str, default: int) -> int:
-        return int(self.number(key, default))
-
-    def boolean(self, key: str) -> bool:
-        raw = self.text(key)
-        if raw is None:
-            return False
-        if raw.lower() not in _BOOLEANS:
-            raise self._fail(key, "a boolean (use 1/0, yes/no, true/false, on/off)")
-        return _BOOLEANS[raw.lower()]
-
-    def ids(self, key: str) -> tuple[int, ...]:
-        """A comma- or space-separated list of whole numbers (``-1`` allowed: providers)."""
-        allowed = NUMERIC_KEYS[key]
-        raw = self.text(key)
-        if raw is None:
-            return ()
-        numbers = [allowed.parse(part) for part in re.split(r"[\s,]+", raw) if part]
-        if None in numbers:
-            raise self._fail(key, f"{allowed.describe()}, like '-1, 5'")
-        return tuple(int(number) for number in numbers if number is not None)
-
-    def choice(self, key: str, choices: tuple[str, ...]) -> str:
-        """One of ``choices`` (any case); the first is the default."""
-        raw = self.text(key)
-        if raw is None:
-            return choices[0]
-        if raw.lower() not in choices:
-            raise self._fail(key, f"one of {', '.join(choices)}")
-        return raw.lower()
-
-    def url(self, key: str) -> Optional[str]:
-        raw = self.text(key)
-        if raw is None:
-            return None
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
-            raise ConfigError(f"{self.file}: {key} is not an http:// or https:// URL")
-        # The URL is never echoed: it may hold a password or a token. Where urllib's reading
-        # could differ from the user's, the URL is refused, so that mask_url hides all of it.
-        parts = urlsplit(raw)
-        try:
-            valid = bool(parts.hostname) and parts.port != 0
-        except ValueError:  # a port that is not a number 0-65535
-            valid = False
-        host_start = raw.index("//") + 2
-        if not valid or "@" in raw[host_start + _cut(raw[host_start:], "/?#") :]:
-            raise ConfigError(
-                f"{self.file}: {key} has no host, a bad port, or an '@' after the host"
-                " -- write '/', '?', '#' and '@' inside the user name, password, path or"
-                " query as %2F, %3F, %23 and %40"
-            )
-        return raw
-
-    def path(self, key: str, default: Path) -> Path:
-        """The path; a relative one is taken relative to mor.conf's directory."""
-        raw = self.text(key)
-        if raw is None:
-            return default
-        return self.file.parent / raw
+        return None
+    return _parse_manager(text)
 
 
 def _squeezed(key: str) -> str:
@@ -690,8 +974,8 @@ def mask_url(url: str) -> str:
 
 
 def _db_url(values: _Values) -> str:
-    given = values.text("db_url")
-    port = values.whole("port", int(_MOR_DEFAULTS["port"]))  # checked also when db_url is set
+    given = values.given("db_url")
+    port = values.read("port")  # checked also when db_url is set
     if given is not None:
         # The URL is never echoed: it may hold a password.
         try:
@@ -714,13 +998,8 @@ def _db_url(values: _Values) -> str:
                 f"{values.file}: db_url has an '@' in its password -- write it as %40"
             )
         return given
-    secret = values.values.get("secret")
     return _mysql_url(
-        values.text("host") or _MOR_DEFAULTS["host"],
-        port,
-        values.text("db") or _MOR_DEFAULTS["db"],
-        values.text("user") or _MOR_DEFAULTS["user"],
-        _MOR_DEFAULTS["secret"] if secret is None else secret,
+        values.read("host"), port, values.read("db"), values.read("user"), values.read("secret")
     )
 
 
@@ -733,10 +1012,12 @@ class _Ami:
 
 
 def _ami(values: _Values, manager_conf: Path, warnings: list[str]) -> _Ami:
-    host = values.text("ami_host")
-    port: Optional[int] = values.whole("ami_port", 0) or None  # 0: not set here
-    username = values.text("ami_username")
-    secret = values.text("ami_secret")
+    """The AMI address and login: mor.conf's ``ami_*`` keys, what they leave open from
+    manager.conf, the rest from the keys' defaults (no login: MOR's ``servers`` row)."""
+    host = values.given("ami_host")
+    port: Optional[int] = values.read("ami_port") if values.given("ami_port") else None
+    username = values.given("ami_username")
+    secret = values.given("ami_secret")
     if secret is not None and username is None:
         raise ConfigError(
             f"{values.file}: ami_secret is set but ami_username is not -- set both or neither"
@@ -755,7 +1036,7 @@ def _ami(values: _Values, manager_conf: Path, warnings: list[str]) -> _Ami:
     elif username is None and manager is not None:
         username, secret = manager.username, manager.secret
     if port is None and manager is not None and manager.port_text is not None:
-        port = _port(manager.port_text)
+        port = manager.port
         if port is None:
             warnings.append(
                 f"{manager_conf}: [general] port = {manager.port_text!r} is not a port number;"
@@ -766,16 +1047,14 @@ def _ami(values: _Values, manager_conf: Path, warnings: list[str]) -> _Ami:
     return _Ami(host or DEFAULT_AMI_HOST, port or DEFAULT_AMI_PORT, username, secret)
 
 
-def _load_manager(path: Path, warnings: list[str]) -> Optional[_Manager]:
+def _load_manager(path: Path, warnings: list[str]) -> Optional[ManagerConf]:
+    """:func:`read_manager_conf`, its problems turned into warnings."""
     try:
-        text = _with_includes(path, _read_text(path))
-    except FileNotFoundError:
-        return None
+        manager = read_manager_conf(path)
     except OSError as err:
         warnings.append(f"{path}: cannot read ({_reason(err)}); AMI login from MOR's servers row")
         return None
-    manager = _parse_manager(text)
-    if manager.enabled is not None and manager.enabled.lower() in ("no", "false", "off", "0"):
+    if manager is not None and manager.disabled:
         warnings.append(
             f"{path}: [general] enabled = {manager.enabled} turns AMI off -- set enabled = yes"
         )
@@ -812,6 +1091,16 @@ def _compare_server_id(
         )
 
 
+def _read_mor_conf(path: Path, warnings: list[str], misspelled: list[str]) -> _Values:
+    try:
+        text = _read_text(path)
+    except OSError as err:
+        raise ConfigError(
+            f"{path}: cannot read ({_reason(err)}) -- pass --config or create it"
+        ) from None
+    return _Values(path, _collect(path, _flat_entries(text, str(path)), warnings, misspelled))
+
+
 def load_settings(
     path: Path,
     *,
@@ -825,56 +1114,29 @@ def load_settings(
     ``log_file``, ``state_file`` and ``lock_file`` (from the command line) win over the
     file. Raises :class:`ConfigError` for anything the collector cannot run with.
     """
-    try:
-        text = _read_text(path)
-    except OSError as err:
-        raise ConfigError(
-            f"{path}: cannot read ({_reason(err)}) -- pass --config or create it"
-        ) from None
     warnings: list[str] = []
     misspelled: list[str] = []
-    values = _Values(path, _collect(path, _flat_entries(text, str(path)), warnings, misspelled))
+    values = _read_mor_conf(path, warnings, misspelled)
     warnings += misspelled
 
-    server_id = values.whole("server_id", 1)
+    own = {key.name: values.read(key.name) for key in KEYS if key.own_setting}
+    command_line = {"log_file": log_file, "state_file": state_file, "lock_file": lock_file}
+    own.update({name: given for name, given in command_line.items() if given is not None})
     db_url = _db_url(values)
-    manager_conf = values.path("manager_conf", DEFAULT_MANAGER_CONF)
-    ami = _ami(values, manager_conf, warnings)
+    ami = _ami(values, own["manager_conf"], warnings)
     settings = Settings(
         config_path=path,
-        server_id=server_id,
         db_url=db_url,
-        debug=values.boolean("debug"),
-        show_sql=values.boolean("show_sql"),
         ami_host=ami.host,
         ami_port=ami.port,
         ami_username=ami.username,
         ami_secret=ami.secret,
-        ami_connect_timeout=values.number("ami_connect_timeout", 5.0),
-        ami_timeout=values.number("ami_timeout", 10.0),
-        ami_list_timeout=values.number("ami_list_timeout", 60.0),
-        db_timeout=values.number("db_timeout", 30.0),
-        unknown_after=values.number("unknown_after", 3600.0),
-        log_file=log_file or values.path("log_file", DEFAULT_LOG_FILE),
-        state_file=state_file or values.path("state_file", DEFAULT_STATE_FILE),
-        lock_file=lock_file or values.path("lock_file", DEFAULT_LOCK_FILE),
-        manager_conf=manager_conf,
-        watch_ping_interval=values.number("watch_ping_interval", 10.0),
-        history_days=values.number("history_days", 30.0),
-        flap_changes=values.whole("flap_changes", 4),
-        flap_window=values.number("flap_window", 600.0),
-        textfile_dir=values.path("textfile_dir", Path()) if values.text("textfile_dir") else None,
-        webhook_url=values.url("webhook_url"),
-        webhook_secret=values.values.get("webhook_secret") or None,
-        webhook_timeout=values.number("webhook_timeout", 5.0),
-        webhook_user_ids=values.ids("webhook_user_ids"),
-        webhook_device_ids=values.ids("webhook_device_ids"),
-        peer_source=values.choice("peer_source", PEER_SOURCES),
+        **own,
     )
     if settings.webhook_url and not (settings.webhook_user_ids or settings.webhook_device_ids):
         warnings.append(
             f"{path}: webhook_url is set but neither webhook_user_ids nor webhook_device_ids;"
             " no device will be notified"
         )
-    _compare_server_id(path, server_id, asterisk_mor_conf, warnings)
+    _compare_server_id(path, settings.server_id, asterisk_mor_conf, warnings)
     return replace(settings, warnings=tuple(warnings), misspelled_keys=tuple(misspelled))

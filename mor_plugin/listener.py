@@ -36,26 +36,25 @@ import logging
 import signal
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Callable, Optional, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import ami, notify, pjsip, store, textfile
+from . import ami, notify, store, textfile
 from .ami import AmiAuthError, AmiEndpoint, AmiError
 from .config import Settings
-from .pjsip import Contact, ContactEvent, contact_event_from_fields
+from .pjsip import ContactEvent, contact_event_from_fields
+from .plans import Rules, plan_batch
 from .status import (
     UNKNOWN,
-    Device,
-    FlapRule,
-    PeerEvent,
+    KnownStatus,
+    Observation,
     Plan,
     kind_of,
     needs_peer_lookup,
     peer_event_from_fields,
-    plan_events,
 )
 
 log = logging.getLogger(__name__)
@@ -95,9 +94,9 @@ class Listener:
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
         self.stop = asyncio.Event()
-        self.flap = FlapRule(settings.flap_changes, timedelta(seconds=settings.flap_window))
+        self.rules = Rules.of(settings)
         self.hook = notify.webhook_from(settings)
-        self._pending: list[PeerEvent] = []
+        self._pending: list[Observation] = []
         self._pending_contacts: list[tuple[datetime, ContactEvent]] = []
         self._arrived = asyncio.Event()
         self._manager: Optional[Any] = None  # the AMI session, for SIPshowpeer look-ups
@@ -228,9 +227,7 @@ class Listener:
                 return
             if registered and kind_of(reg_status) == UNKNOWN:
                 continue  # the qualify answer is not in yet
-            self._pending.append(
-                PeerEvent(name, "SIPshowpeer", self.utc_now(), direct=True, reg_status=reg_status)
-            )
+            self._pending.append(KnownStatus(name, self.utc_now(), reg_status, "SIPshowpeer"))
             self._arrived.set()
             return
 
@@ -251,58 +248,23 @@ class Listener:
 
     def _apply(
         self,
-        peer_events: list[PeerEvent],
+        peer_events: list[Observation],
         contact_events: Optional[list[tuple[datetime, ContactEvent]]] = None,
     ) -> None:
         """Write one batch (worker thread); a failure is logged: the poll heals it."""
         settings = self.settings
-        plan: Optional[Plan] = None
         contact_events = contact_events or []
         count = len(peer_events) + len(contact_events)
+        names = {e.name for e in peer_events} | {e.endpoint for _, e in contact_events}
+        earliest = min(at for at in [e.at for e in peer_events] + [at for at, _ in contact_events])
 
         def work(conn: Connection) -> Plan:
-            events = list(peer_events)  # a retried transaction starts afresh
-            names = {e.name for e in peer_events} | {e.endpoint for _, e in contact_events}
-            devices = store.load_devices_named(conn, settings.server_id, names)
-            if not devices:
-                return plan_events(settings.server_id, events, [], {}, settings.unknown_after)
-            ids = [device.id for device in devices]
-            states = store.load_states_of(conn, ids)
-            not_before = store.poll_observed_at(conn, settings.server_id)
-            contact_sets: dict[int, list[Contact]] = {}
-            if contact_events:
-                derived, contact_sets = _contacts_to_events(
-                    devices, store.load_contacts_of(conn, ids), contact_events, not_before
-                )
-                events.extend(derived)
-                events.sort(key=lambda event: event.at)
-                for device_id in list(contact_sets):
-                    state = states.get(device_id)
-                    if (
-                        state is not None
-                        and state.observed_at
-                        and state.observed_at > max(at for at, _ in contact_events)
-                    ):
-                        del contact_sets[device_id]  # a newer poll wrote this device
-            if not events:
-                return plan_events(settings.server_id, [], [], {}, settings.unknown_after)
-            earliest = min(event.at for event in events)
-            recent = store.load_recent_transitions(
-                conn, settings.server_id, earliest - self.flap.window
+            inputs = store.load_batch_inputs(
+                conn, self.rules, names, earliest, with_contacts=bool(contact_events)
             )
-            batch_plan = plan_events(
-                settings.server_id,
-                events,
-                devices,
-                states,
-                settings.unknown_after,
-                recent=recent,
-                flap=self.flap,
-                not_before=not_before,
-            )
-            store.write_event_plan(conn, settings.server_id, batch_plan, self.utc_now())
-            store.replace_contacts(conn, settings.server_id, contact_sets, self.utc_now())
-            return batch_plan
+            planned = plan_batch(self.rules, peer_events, contact_events, inputs)
+            store.write_batch(conn, settings.server_id, planned, self.utc_now())
+            return planned.plan
 
         try:
             plan = store.in_transaction(
@@ -345,8 +307,13 @@ class Listener:
         except SQLAlchemyError as err:
             log.warning("listener state not recorded: %s", store.describe_db_error(err))
             return
+        settings = self.settings
         textfile.export(
-            self.engine, self.settings.textfile_dir, self.settings.server_id, self.utc_now()
+            self.engine,
+            settings.textfile_dir,
+            settings.server_id,
+            self.utc_now(),
+            settings.listener_silent_after,
         )
 
     async def _heartbeat(self) -> None:
@@ -359,40 +326,6 @@ class Listener:
     async def _in_db(self, work: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._db, work, *args)
-
-
-def _contacts_to_events(
-    devices: list[Device],
-    stored: Mapping[int, list[Contact]],
-    contact_events: list[tuple[datetime, ContactEvent]],
-    not_before: Optional[datetime],
-) -> tuple[list[PeerEvent], dict[int, list[Contact]]]:
-    """Apply ``ContactStatus`` events to the stored contacts of the devices with those
-    endpoint names; one direct ``PeerEvent`` per applied event carries the device's
-    combined status (for ``plan_events``), and the devices' new contacts are returned.
-    An event older than the last poll's list (``not_before``) is ignored."""
-    by_name: dict[str, list[Device]] = {}
-    for device in devices:
-        by_name.setdefault(device.name, []).append(device)
-    current: dict[str, list[Contact]] = {}
-    derived: list[PeerEvent] = []
-    for at, event in contact_events:
-        named = by_name.get(event.endpoint)
-        if not named or (not_before is not None and at < not_before):
-            continue
-        if event.endpoint not in current:
-            current[event.endpoint] = list(stored.get(named[0].id, ()))
-        contacts = pjsip.apply_contact_event(current[event.endpoint], event)
-        current[event.endpoint] = contacts
-        value, best = pjsip.best_contact(contacts, named[0].qualify)
-        ip, port = pjsip.contact_address(best) if best is not None else (None, None)
-        derived.append(
-            PeerEvent(
-                event.endpoint, "ContactStatus", at, ip=ip, port=port, direct=True, reg_status=value
-            )
-        )
-    sets = {device.id: current[device.name] for device in devices if device.name in current}
-    return derived, sets
 
 
 async def watch(

@@ -34,14 +34,17 @@ import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Optional
 
 from .status import (
     MAX_MS,
     Device,
+    KnownStatus,
     Peer,
     ascii_int,
     clean_text,
+    devices_by_name,
     kind_of,
     latency_ms,
     parse_address,
@@ -341,3 +344,34 @@ def apply_contact_event(contacts: Sequence[Contact], event: ContactEvent) -> lis
         call_id=old.call_id if old else "",
     )
     return sorted([*kept, contact], key=lambda c: (c.uri, c.aor))
+
+
+def apply_contact_events(
+    devices: Sequence[Device],
+    stored: Mapping[int, Sequence[Contact]],
+    contact_events: Iterable[tuple[datetime, ContactEvent]],
+    not_before: Optional[datetime],
+) -> tuple[list[KnownStatus], dict[int, list[Contact]]]:
+    """Apply a batch of ``ContactStatus`` events, each with the time it was received, to
+    the ``stored`` contacts of the devices with those endpoint names.
+
+    Returns one ``KnownStatus`` per applied event, which carries the device's contacts
+    combined (for ``status.plan_events``), and the new contacts of every device an
+    event touched. An event older than the last poll's list (``not_before``) is ignored.
+    """
+    by_name = devices_by_name(devices)
+    current: dict[str, list[Contact]] = {}
+    statuses: list[KnownStatus] = []
+    for at, event in contact_events:
+        named = by_name.get(event.endpoint)
+        if not named or (not_before is not None and at < not_before):
+            continue
+        if event.endpoint not in current:
+            current[event.endpoint] = list(stored.get(named[0].id, ()))
+        contacts = apply_contact_event(current[event.endpoint], event)
+        current[event.endpoint] = contacts
+        value, best = best_contact(contacts, named[0].qualify)
+        ip, port = contact_address(best) if best is not None else (None, None)
+        statuses.append(KnownStatus(event.endpoint, at, value, "ContactStatus", ip=ip, port=port))
+    sets = {device.id: current[device.name] for device in devices if device.name in current}
+    return statuses, sets

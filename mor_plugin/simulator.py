@@ -55,11 +55,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
-from typing import Callable, NoReturn, Optional
+from typing import Callable, NoReturn, Optional, TypeVar
 
 from . import __version__
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -262,8 +264,18 @@ def _message(*pairs: tuple[str, str]) -> bytes:
 
 def _show_peer_fields(v: _Version, p: SimPeer) -> _Headers:
     """The manager branch of chan_sip's ``_sip_show_peer`` (SIPshowpeer)."""
-    old = v.rank < (1, 8)  # sockaddr_in era: "" for no address, not "(null)"
-    yn = {True: "Y", False: "N"}
+    return _show_peer_account(v, p) + _show_peer_sip_options(v, p) + _show_peer_address(v, p)
+
+
+def _registered(p: SimPeer) -> bool:
+    return p.ip is not None and p.dynamic
+
+
+_YN = {True: "Y", False: "N"}
+
+
+def _show_peer_account(v: _Version, p: SimPeer) -> _Headers:
+    """SIPshowpeer from ``Channeltype`` to ``Busy-level``: the peer's account settings."""
     f: _Headers = [
         ("Channeltype", "SIP"),
         ("ObjectName", p.name),
@@ -289,12 +301,17 @@ def _show_peer_fields(v: _Version, p: SimPeer) -> _Headers:
     f.append(("Call-limit", "2147483647"))
     if v.rank >= (1, 6):
         f.append(("Busy-level", "0"))
-    registered = p.ip is not None and p.dynamic
-    f += [
+    return f
+
+
+def _show_peer_sip_options(v: _Version, p: SimPeer) -> _Headers:
+    """SIPshowpeer from ``MaxCallBR`` to ``SIP-DTMFmode`` (1.4: ``SIPLastMsg``):
+    registration and SIP options."""
+    f: _Headers = [
         ("MaxCallBR", "384 kbps"),
-        ("Dynamic", yn[p.dynamic]),
+        ("Dynamic", _YN[p.dynamic]),
         ("Callerid", ""),
-        ("RegExpire", "3587 seconds" if registered else "-1 seconds"),
+        ("RegExpire", "3587 seconds" if _registered(p) else "-1 seconds"),
         ("SIP-AuthInsecure", "no"),
     ]
     if v.rank >= (1, 8):
@@ -303,7 +320,7 @@ def _show_peer_fields(v: _Version, p: SimPeer) -> _Headers:
         f.append(("SIP-NatSupport", "RFC3581"))
     if v.rank >= (11, 0):
         f.append(("SIP-Comedia", "N"))
-    f += [("ACL", yn[p.acl]), ("SIP-CanReinvite", "N")]
+    f += [("ACL", _YN[p.acl]), ("SIP-CanReinvite", "N")]
     if v.rank >= (1, 6):
         f.append(("SIP-DirectMedia", "N"))
     f += [("SIP-PromiscRedir", "N"), ("SIP-UserPhone", "N"), ("SIP-VideoSupport", "N")]
@@ -312,7 +329,7 @@ def _show_peer_fields(v: _Version, p: SimPeer) -> _Headers:
             ("SIP-TextSupport", "N"),
             ("SIP-T.38Support", "N"),
             ("SIP-T.38EC", "Unknown"),
-            ("SIP-T.38MaxDtgrm", "4294967295" if not old else "-1"),
+            ("SIP-T.38MaxDtgrm", "4294967295" if v.rank >= (1, 8) else "-1"),
             ("SIP-Sess-Timers", "Accept"),
             ("SIP-Sess-Refresh", "uas"),
             ("SIP-Sess-Expires", "1800"),
@@ -325,8 +342,14 @@ def _show_peer_fields(v: _Version, p: SimPeer) -> _Headers:
     f.append(("SIP-DTMFmode", "rfc2833"))
     if v.rank < (1, 6):
         f.append(("SIPLastMsg", "0"))
+    return f
+
+
+def _show_peer_address(v: _Version, p: SimPeer) -> _Headers:
+    """SIPshowpeer from ``ToHost`` to ``Description``: address, codecs, status, contact."""
+    old = v.rank < (1, 8)  # sockaddr_in era: "" for no address, not "(null)"
     none_ip = "" if old else "(null)"
-    f += [
+    f: _Headers = [
         ("ToHost", ""),
         ("Address-IP", p.ip if p.ip is not None else none_ip),
         ("Address-Port", str(p.port if p.ip is not None else 0)),
@@ -337,7 +360,7 @@ def _show_peer_fields(v: _Version, p: SimPeer) -> _Headers:
     ]
     if v.rank < (13, 0):
         f.append(("CodecOrder", "ulaw,alaw"))
-    contact = f"sip:{p.name}@{p.ip}:{p.port}" if registered else ""
+    contact = f"sip:{p.name}@{p.ip}:{p.port}" if _registered(p) else ""
     f += [
         ("Status", p.status),
         ("SIP-Useragent", p.useragent),
@@ -351,6 +374,23 @@ def _show_peer_fields(v: _Version, p: SimPeer) -> _Headers:
     if v.rank >= (10, 0):
         f.append(("Description", p.description))
     return f
+
+
+def _loopback_host(host: str) -> str:
+    """``host`` if it is a loopback address (``localhost``: 127.0.0.1), else ValueError."""
+    if host == "localhost":
+        return "127.0.0.1"  # one socket, one port (localhost may also be ::1)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the AMI simulator listens on a loopback address only, not on {host}")
+    return host
+
+
+#: How long the simulated Asterisk has been up, unless told when it started.
+_UPTIME = timedelta(days=3, hours=4, minutes=5)
 
 
 class _Closed(Exception):
@@ -395,14 +435,7 @@ class AmiSimulator:
         startup: Optional[datetime] = None,
         write: str = "all",
     ) -> None:
-        if host == "localhost":
-            host = "127.0.0.1"  # one socket, one port (localhost may also be ::1)
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(f"the AMI simulator listens on a loopback address only, not on {host}")
+        self.host = _loopback_host(host)
         self._version = _resolve_version(version)
         self.version = self._version.key
         self.peers: list[SimPeer] = list(peers)
@@ -412,17 +445,13 @@ class AmiSimulator:
         self._index_key: Optional[tuple[int, int]] = None
         self.username = username
         self.secret = secret
-        self.host = host
         self.port = port
         self.faults = faults if faults is not None else Faults()
         #: the user's ``write`` classes in manager.conf ("all", "system,reporting", "" ...)
         self.write = write
         self.drift = drift
-        self.startup = (
-            startup
-            if startup is not None
-            else datetime.now().replace(microsecond=0) - timedelta(days=3, hours=4, minutes=5)
-        )
+        #: when this Asterisk started (CoreStatus), local time; by default 3 days 4 h 5 min ago
+        self.startup = startup or datetime.now().replace(microsecond=0) - _UPTIME
         #: Successful logins, failed logins, and every action received.
         self.logins = 0
         self.login_failures = 0
@@ -918,15 +947,11 @@ class AmiSimulator:
         writer.write(
             self._listack(headers, "A listing of Contacts follows, presented as ContactList events")
         )
-        idtext = "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
+        idtext = _idtext(headers)
         order = _contact_field_order(v)
-        for start in range(0, len(pairs), _CHUNK):
-            text = "".join(
-                _contact_list_event(v, order, idtext, ep, c)
-                for ep, c in pairs[start : start + _CHUNK]
-            )
-            writer.write(text.encode("utf-8", "replace"))
-            await writer.drain()
+        await _write_events(
+            writer, pairs, lambda pair: _contact_list_event(v, order, idtext, *pair)
+        )
         writer.write(self._list_complete(headers, "ContactListComplete", len(pairs)))
 
     async def _pjsip_show_endpoints(
@@ -940,24 +965,10 @@ class AmiSimulator:
                 headers, "A listing of Endpoints follows, presented as EndpointList events"
             )
         )
-        idtext = "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
+        idtext = _idtext(headers)
         active = _active_channels(self._version)
         endpoints = _endpoint_list_order(self._version, self.endpoints)
-        for start in range(0, len(endpoints), _CHUNK):
-            chunk = []
-            for ep in endpoints[start : start + _CHUNK]:
-                contacts = "".join(f"{c.aor or ep.name}/{c.uri}," for c in ep.contacts)
-                state = "Not in use" if ep.contacts else "Unavailable"
-                chunk.append(
-                    "Event: EndpointList\r\n"
-                    + idtext
-                    + f"ObjectType: endpoint\r\nObjectName: {ep.name}\r\n"
-                    + f"Transport: \r\nAor: {ep.name}\r\nAuths: {ep.name}\r\n"
-                    + f"OutboundAuths: \r\nContacts: {contacts}\r\n"
-                    + f"DeviceState: {state}\r\nActiveChannels: {active}\r\n\r\n"
-                )
-            writer.write("".join(chunk).encode("utf-8", "replace"))
-            await writer.drain()
+        await _write_events(writer, endpoints, lambda ep: _endpoint_list_event(idtext, ep, active))
         writer.write(self._list_complete(headers, "EndpointListComplete", len(endpoints)))
 
     def _apply_contact_drift(self) -> None:
@@ -996,7 +1007,7 @@ class AmiSimulator:
                 headers, "Following are Events for each object associated with the Endpoint"
             )
         )
-        idtext = "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
+        idtext = _idtext(headers)
         state = "Not in use" if ep.contacts else "Unavailable"
         # the AOR's list has no trailing comma (EndpointList's has one)
         contacts = ",".join(f"{c.aor or ep.name}/{c.uri}" for c in ep.contacts)
@@ -1058,7 +1069,7 @@ class AmiSimulator:
         if self.drift and self.lists_served:
             self._apply_drift()
         self.lists_served += 1
-        idtext = "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
+        idtext = _idtext(headers)
 
         if v.rank >= (1, 6):
             writer.write(
@@ -1265,6 +1276,19 @@ def _contact_list_event(
     )
 
 
+def _endpoint_list_event(idtext: str, ep: SimEndpoint, active_channels: str) -> str:
+    contacts = "".join(f"{c.aor or ep.name}/{c.uri}," for c in ep.contacts)
+    state = "Not in use" if ep.contacts else "Unavailable"
+    return (
+        "Event: EndpointList\r\n"
+        + idtext
+        + f"ObjectType: endpoint\r\nObjectName: {ep.name}\r\n"
+        + f"Transport: \r\nAor: {ep.name}\r\nAuths: {ep.name}\r\n"
+        + f"OutboundAuths: \r\nContacts: {contacts}\r\n"
+        + f"DeviceState: {state}\r\nActiveChannels: {active_channels}\r\n\r\n"
+    )
+
+
 def _contact_status_detail(v: _Version, idtext: str, ep: SimEndpoint, c: SimContact) -> str:
     """``ast_sip_format_contact_ami()``: fixed order; ViaAddress and CallID only when set."""
     aor = c.aor or ep.name
@@ -1333,6 +1357,16 @@ def _garbage(idtext: str, count: int) -> dict[int, bytes]:
     return out
 
 
+async def _write_events(
+    writer: asyncio.StreamWriter, items: Sequence[T], event: Callable[[T], str]
+) -> None:
+    """One event per item, written ``_CHUNK`` at a time."""
+    for start in range(0, len(items), _CHUNK):
+        text = "".join([event(item) for item in items[start : start + _CHUNK]])
+        writer.write(text.encode("utf-8", "replace"))
+        await writer.drain()
+
+
 async def _read_message(reader: asyncio.StreamReader) -> Optional[_Headers]:
     """Headers of the next client message (lower-cased keys), None at EOF."""
     headers: _Headers = []
@@ -1359,6 +1393,11 @@ def _header(headers: _Headers, key: str) -> Optional[str]:
 def _id(headers: _Headers) -> _Headers:
     action_id = _header(headers, "actionid")
     return [("ActionID", action_id)] if action_id else []
+
+
+def _idtext(headers: _Headers) -> str:
+    """The ActionID line Asterisk puts in each event of a list (``idtext``), or ""."""
+    return "".join(f"{k}: {val}\r\n" for k, val in _id(headers))
 
 
 def _response(headers: _Headers, response: str, message: Optional[str]) -> bytes:

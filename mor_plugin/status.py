@@ -13,7 +13,7 @@ from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 OK = "ok"
 LAGGED = "lagged"
@@ -163,8 +163,18 @@ class Plan:
     #: device_id, ms, device_id, ms, ... of every OK/LAGGED device when the caller asked
     #: for latency samples (a flat array: 100k pairs as tuples would cost ~8 MB)
     latency_samples: Sequence[int] = ()
-    #: devices left alone because a newer observation (an event) is stored
+    #: ids of the devices the poll left alone because a newer observation (an event) is
+    #: stored: their rows, contacts included, are the newer writer's
+    left_alone: frozenset[int] = frozenset()
+    #: observations ignored because what is stored is newer: the poll's devices left
+    #: alone, or an event batch's (event, device) pairs
     skipped_newer: int = 0
+
+
+def observed_later(state: Optional[DeviceState], at: datetime) -> bool:
+    """Whether ``state`` holds an observation newer than one made at ``at``. The last
+    observation wins: whoever observed earlier leaves the device alone."""
+    return state is not None and state.observed_at is not None and state.observed_at > at
 
 
 def kind_of(reg_status: Optional[str]) -> str:
@@ -273,91 +283,110 @@ def plan_cycle(
     now: datetime,
     unknown_after: float,
     *,
-    recent: Optional[Mapping[int, int]] = None,
+    recent_counts: Optional[Mapping[int, int]] = None,
     flap: Optional[FlapRule] = None,
     sample_latency: bool = False,
 ) -> Plan:
-    """Diff what Asterisk lists against what is stored for this server's devices.
-
-    Only devices assigned to this server are considered (``devices`` holds no
-    others); a device that Asterisk does not list gets NULL. Peers without a
-    device here are returned as ``unmatched_peers`` for the wrong-server check.
-
-    ``now`` is when the list was observed: a device whose stored observation is
-    newer (an event the listener applied meanwhile) is left alone. ``recent``
-    counts each device's stored transitions within ``flap.window`` before
-    ``now`` (counts, not times: an outage moves 30 % of 100k devices); with
-    ``flap`` the plan also sets and clears the flapping flag.
-    """
-    # One pass over the devices, looking each one's peer up by name: no per-device
-    # maps besides the plan itself (100k devices are the bulk of a run's memory).
-    peer_by_name: dict[str, Peer] = {}
-    listed = 0
-    for peer in peers:
-        listed += 1
-        peer_by_name[peer.name] = peer
-    matched: set[str] = set()
-
+    """Diff what Asterisk lists (observed at ``now``) against what is stored for this
+    server's devices, the only ones in ``devices``: an unlisted device gets NULL, one with
+    a newer stored observation (an event) is left alone, a peer of no device here is
+    unmatched (for the wrong-server check). ``recent_counts`` holds each device's stored
+    transitions within ``flap.window`` before ``now`` (counts, not times: an outage moves
+    30 % of 100k devices); with ``flap`` the plan also sets and clears the flapping flag."""
+    # one pass, no per-device maps besides the plan: 100k devices are most of a run's memory
+    peer_by_name, listed = _peers_by_name(peers)
     counts = dict.fromkeys(KINDS, 0)
     reg_changes: list[tuple[int, Optional[str]]] = []
     state_changes: list[DeviceState] = []
     transitions: list[Transition] = []
     samples = array("q")
-    skipped = 0
+    left_alone: list[int] = []
     with_state = 0
     for device in devices:
         previous = states.get(device.id)
         with_state += previous is not None
-        found = peer_by_name.get(device.name)
-        if found is not None:
-            matched.add(device.name)
-        if previous is not None and previous.observed_at is not None and previous.observed_at > now:
-            skipped += 1
+        if observed_later(previous, now):
+            left_alone.append(device.id)
             counts[kind_of(device.reg_status)] += 1
             continue
-        if found is None:
-            value: Optional[str] = None
-            state = _next_state(server_id, device.id, previous, None, None, None, None, now)
-        else:
-            value, unreachable_since = effective_status(found, previous, now, unknown_after)
-            state = _next_state(
-                server_id, device.id, previous, value, unreachable_since, found.ip, found.port, now
-            )
-        counts[kind_of(value)] += 1
+        peer = peer_by_name.get(device.name)
+        value, state, transition = _poll_step(
+            server_id, device, peer, previous, now, unknown_after, recent_counts, flap
+        )
+        counts[state.status] += 1
         if value != device.reg_status:
             reg_changes.append((device.id, value))
-        moved = False
-        if previous is not None and previous.status != state.status:
-            moved = True
-            transitions.append(_transition(previous, state, value, now, "poll"))
-        if flap is not None and (moved or (previous is not None and previous.flapping)):
-            count = (recent or {}).get(device.id, 0) + moved
-            state = flap_set(state, count >= flap.changes, now)
+        if transition is not None:
+            transitions.append(transition)
         if state != previous:
             state_changes.append(state)
-        if sample_latency and state.status in (OK, LAGGED):
-            ms = latency_ms(value)
-            if ms is not None:
-                samples.append(device.id)
-                samples.append(ms)
-
-    unmatched = [peer for name, peer in peer_by_name.items() if name not in matched]
-    # kept states of devices gone from this server; usually none, so skip the set work
-    forgotten: tuple[int, ...] = ()
-    if with_state != len(states):
-        forgotten = tuple(sorted(set(states) - {device.id for device in devices}))
-
+        ms = latency_ms(value) if sample_latency else None  # OK and LAGGED have one
+        if ms is not None:
+            samples.extend((device.id, ms))
     return Plan(
         reg_status_changes=tuple(reg_changes),
         state_changes=tuple(state_changes),
         counts=counts,
-        unmatched_peers=tuple(unmatched),
-        forgotten_device_ids=forgotten,
+        unmatched_peers=_unmatched(peer_by_name, devices),
+        forgotten_device_ids=_forgotten(states, devices) if with_state != len(states) else (),
         peers_listed=listed,
         transitions=tuple(transitions),
         latency_samples=samples,
-        skipped_newer=skipped,
+        left_alone=frozenset(left_alone),
+        skipped_newer=len(left_alone),
     )
+
+
+def _peers_by_name(peers: Iterable[Peer]) -> tuple[dict[str, Peer], int]:
+    """The listed peers by name (the last of a name wins), and how many were listed."""
+    by_name: dict[str, Peer] = {}
+    listed = 0
+    for peer in peers:
+        listed += 1
+        by_name[peer.name] = peer
+    return by_name, listed
+
+
+def _unmatched(peer_by_name: Mapping[str, Peer], devices: Sequence[Device]) -> tuple[Peer, ...]:
+    """The listed peers that no device of this server is named after."""
+    names = {device.name for device in devices}
+    return tuple(peer for name, peer in peer_by_name.items() if name not in names)
+
+
+def _forgotten(states: Mapping[int, DeviceState], devices: Sequence[Device]) -> tuple[int, ...]:
+    """Ids of kept states whose device is no longer this server's (deleted, re-homed);
+    usually none, so the caller asks only when fewer devices than states had one."""
+    return tuple(sorted(set(states) - {device.id for device in devices}))
+
+
+def _poll_step(
+    server_id: int,
+    device: Device,
+    peer: Optional[Peer],
+    previous: Optional[DeviceState],
+    now: datetime,
+    unknown_after: float,
+    recent_counts: Optional[Mapping[int, int]],
+    flap: Optional[FlapRule],
+) -> tuple[Optional[str], DeviceState, Optional[Transition]]:
+    """One device after the poll: the string to store (None: not listed), its kept
+    state, and the transition when its bullet changed colour."""
+    if peer is None:
+        value: Optional[str] = None
+        state = _next_state(server_id, device.id, previous, None, None, None, None, now)
+    else:
+        value, unreachable_since = effective_status(peer, previous, now, unknown_after)
+        state = _next_state(
+            server_id, device.id, previous, value, unreachable_since, peer.ip, peer.port, now
+        )
+    transition = None
+    if previous is not None and previous.status != state.status:
+        transition = _transition(previous, state, value, now, "poll")
+    was_flapping = previous is not None and previous.flapping
+    if flap is not None and (transition is not None or was_flapping):
+        count = (recent_counts or {}).get(device.id, 0) + (transition is not None)
+        state = flap_set(state, count >= flap.changes, now)
+    return value, state, transition
 
 
 def _transition(
@@ -405,7 +434,14 @@ def _next_state(
             port=port,
             observed_at=now,
         )
-    candidate = replace(
+    if (
+        previous.status == kind
+        and previous.server_id == server_id
+        and previous.unreachable_since == unreachable_since
+        and (ip is None or (ip == previous.ip and port == previous.port))
+    ):
+        return previous  # the common case, checked without building a copy
+    return replace(
         previous,
         server_id=server_id,
         status=kind,
@@ -413,10 +449,9 @@ def _next_state(
         unreachable_since=unreachable_since,
         ip=ip if ip is not None else previous.ip,
         port=port if ip is not None else previous.port,
+        last_seen=now if seen else previous.last_seen,
+        observed_at=now,
     )
-    if candidate == previous:
-        return previous
-    return replace(candidate, last_seen=now if seen else previous.last_seen, observed_at=now)
 
 
 # --- flapping -------------------------------------------------------------------
@@ -475,10 +510,24 @@ class PeerEvent:
     time_ms: Optional[int] = None  # the qualify round trip; None when absent or -1
     ip: Optional[str] = None  # Registered only
     port: Optional[int] = None
-    #: PJSIP (``ContactStatus``): the device's new string is already known (combined from
-    #: its contacts by mor_plugin.pjsip; None: no contact left) and replaces ``status``'s rules
-    direct: bool = False
-    reg_status: Optional[str] = None
+
+
+@dataclass(**_VALUE)
+class KnownStatus:
+    """An observation that brings the device's string itself, so no event rule applies:
+    Asterisk's answer to ``SIPshowpeer``, or a PJSIP device's contacts combined after a
+    ``ContactStatus`` event (mor_plugin.pjsip)."""
+
+    name: str  # the device (peer, endpoint) name
+    at: datetime  # when it was observed (UTC)
+    reg_status: Optional[str]  # in chan_sip's format; None: no contact left (NULL)
+    source: str  # what said it, "SIPshowpeer" or "ContactStatus"
+    ip: Optional[str] = None
+    port: Optional[int] = None
+
+
+#: What the event listener applies to a device (``plan_events``).
+Observation = Union[PeerEvent, KnownStatus]
 
 
 def peer_event_from_fields(fields: Mapping[str, str], at: datetime) -> Optional[PeerEvent]:
@@ -505,11 +554,12 @@ def peer_event_from_fields(fields: Mapping[str, str], at: datetime) -> Optional[
     return PeerEvent(name=name, status=status, at=at, time_ms=time_ms, ip=ip, port=port)
 
 
-def needs_peer_lookup(event: PeerEvent) -> bool:
+def needs_peer_lookup(event: Observation) -> bool:
     """Whether the event leaves the status string unknown, so that Asterisk must be asked
     for it (``SIPshowpeer``): a Reachable/Lagged without ``Time``, and a Registered,
-    whose qualify answer follows without an event of its own."""
-    if event.direct:
+    whose qualify answer follows without an event of its own. A ``KnownStatus`` never
+    does: it brings the string."""
+    if isinstance(event, KnownStatus):
         return False
     if event.status in ("Reachable", "Lagged"):
         return event.time_ms is None
@@ -564,74 +614,48 @@ def event_status(
 
 def plan_events(
     server_id: int,
-    events: Sequence[PeerEvent],
+    observations: Sequence[Observation],
     devices: Sequence[Device],
     states: Mapping[int, DeviceState],
     unknown_after: float,
     *,
-    recent: Optional[Mapping[int, Sequence[datetime]]] = None,
+    recent_times: Optional[Mapping[int, Sequence[datetime]]] = None,
     flap: Optional[FlapRule] = None,
     not_before: Optional[datetime] = None,
 ) -> Plan:
-    """Apply a batch of events, in order, to this server's devices with those names.
-
-    The same rules as the poll: ``devices`` holds only this server's SIP devices,
-    the stored strings keep chan_sip's format, the hour rule turns a long
-    UNREACHABLE into UNKNOWN. An event older than what is stored is ignored:
-    older than the last poll's list (``not_before``: that poll saw every device
-    after the event), or than the device's own ``observed_at``. Every device an
-    event changes gets the event's time as ``observed_at``, so that a poll whose
-    list is older leaves it alone. ``counts`` stays empty: the counts are the poll's.
+    """Apply a batch of observations, in order, to this server's devices with those names,
+    by the poll's rules (chan_sip's strings, the hour rule). An observation older than what
+    is stored is ignored: older than the last poll's list (``not_before``: that poll saw
+    every device after it) or than the device's own ``observed_at``. A device it changes
+    gets its time as ``observed_at``, so that a poll whose list is older leaves it alone.
+    ``recent_times`` holds each device's stored transition times within ``flap.window``
+    before the batch; with ``flap`` the plan also sets and clears the flapping flag.
+    ``counts`` stays empty: the counts are the poll's.
     """
-    by_name: dict[str, list[Device]] = {}
-    for device in devices:
-        by_name.setdefault(device.name, []).append(device)
+    by_name = devices_by_name(devices)
     original = {device.id: device.reg_status for device in devices}
     current = dict(original)
     current_states: dict[int, DeviceState] = {}
     times: dict[int, list[datetime]] = {}
     transitions: list[Transition] = []
     skipped = 0
-    for event in events:
-        for device in by_name.get(event.name, ()):
+    for observation in observations:
+        at = observation.at
+        for device in by_name.get(observation.name, ()):
             previous = current_states.get(device.id) or states.get(device.id)
-            if (not_before is not None and event.at < not_before) or (
-                previous is not None and previous.observed_at and previous.observed_at > event.at
-            ):
+            if (not_before is not None and at < not_before) or observed_later(previous, at):
                 skipped += 1
                 continue
-            if event.direct:
-                raw = event.reg_status
-            else:
-                raw = event_status(event.status, event.time_ms, device.qualify, current[device.id])
-            if raw is None and event.ip is None and not event.direct:
+            reading = _reading(observation, device, current[device.id], previous, unknown_after)
+            if reading is None:
                 continue
-            if raw is None and event.direct:
-                reg_status, unreachable_since = None, None
-            elif raw is None:
-                reg_status = current[device.id]
-                unreachable_since = previous.unreachable_since if previous else None
-            else:
-                reg_status, unreachable_since = effective_status(
-                    Peer(event.name, raw), previous, event.at, unknown_after
-                )
-            ip = event.ip if event.ip is not None else (previous.ip if previous else None)
-            port = event.port if event.ip is not None else (previous.port if previous else None)
-            state = _next_state(
-                server_id, device.id, previous, reg_status, unreachable_since, ip, port, event.at
+            stored = times.setdefault(device.id, list((recent_times or {}).get(device.id, ())))
+            state, transition = _event_step(
+                server_id, device, previous, current[device.id], observation, reading, stored, flap
             )
-            moved = False
-            if previous is not None and previous.status != state.status:
-                moved = True
-                transitions.append(_transition(previous, state, reg_status, event.at, "event"))
-            if flap is not None and (moved or state.flapping):
-                stored = times.setdefault(device.id, list((recent or {}).get(device.id, ())))
-                state = flap_update(state, stored, moved, event.at, flap)
-                if moved:
-                    stored.append(event.at)
-            if reg_status != current[device.id] or state != (previous or state):
-                state = replace(state, observed_at=event.at)
-            current[device.id] = reg_status
+            if transition is not None:
+                transitions.append(transition)
+            current[device.id] = reading[0]
             current_states[device.id] = state
     return Plan(
         reg_status_changes=tuple(
@@ -647,6 +671,68 @@ def plan_events(
         transitions=tuple(transitions),
         skipped_newer=skipped,
     )
+
+
+def devices_by_name(devices: Iterable[Device]) -> dict[str, list[Device]]:
+    """The devices by name; MOR may hold several devices of one name."""
+    by_name: dict[str, list[Device]] = {}
+    for device in devices:
+        by_name.setdefault(device.name, []).append(device)
+    return by_name
+
+
+def _reading(
+    observation: Observation,
+    device: Device,
+    reg_status: Optional[str],
+    previous: Optional[DeviceState],
+    unknown_after: float,
+) -> Optional[tuple[Optional[str], Optional[datetime]]]:
+    """The string ``observation`` gives a device whose string is ``reg_status``, and since
+    when the device is unreachable; None when it changes nothing."""
+    if isinstance(observation, KnownStatus):
+        raw = observation.reg_status
+        if raw is None:
+            return None, None  # no contact left: NULL, as for a peer the poll does not list
+    else:
+        raw = event_status(observation.status, observation.time_ms, device.qualify, reg_status)
+        if raw is None:
+            if observation.ip is None:
+                return None
+            # only the address is new: the string and the unreachable clock stay
+            return reg_status, previous.unreachable_since if previous else None
+    return effective_status(Peer(observation.name, raw), previous, observation.at, unknown_after)
+
+
+def _event_step(
+    server_id: int,
+    device: Device,
+    previous: Optional[DeviceState],
+    reg_status_before: Optional[str],
+    observation: Observation,
+    reading: tuple[Optional[str], Optional[datetime]],
+    stored_times: list[datetime],
+    flap: Optional[FlapRule],
+) -> tuple[DeviceState, Optional[Transition]]:
+    """One device after one observation: its kept state, and the transition when its
+    bullet changed colour. ``stored_times`` (its transition times) gains this one."""
+    reg_status, unreachable_since = reading
+    at = observation.at
+    ip: Optional[str] = observation.ip
+    port = observation.port
+    if ip is None:
+        ip, port = (previous.ip, previous.port) if previous else (None, None)
+    state = _next_state(server_id, device.id, previous, reg_status, unreachable_since, ip, port, at)
+    transition = None
+    if previous is not None and previous.status != state.status:
+        transition = _transition(previous, state, reg_status, at, "event")
+    if flap is not None and (transition is not None or state.flapping):
+        state = flap_update(state, stored_times, transition is not None, at, flap)
+        if transition is not None:
+            stored_times.append(at)
+    if reg_status != reg_status_before or (previous is not None and state != previous):
+        state = replace(state, observed_at=at)
+    return state, transition
 
 
 # --- notifications ------------------------------------------------------------------

@@ -2,122 +2,88 @@
 
 Aggregates of this server only, no per-device labels, in the Prometheus text
 format written with plain string formatting (the collector has no
-prometheus_client dependency). The file is replaced atomically (a temporary
-file in the same directory, then ``os.replace``), so node_exporter never reads
-half of it. The poll writes it after every run; the event listener rewrites it
-on every heartbeat, which keeps ``..._age_seconds`` fresh. Without a listener,
-compute the age in PromQL: ``time() - mor_regstatus_last_run_timestamp_seconds``.
+prometheus_client dependency); the families are those of
+:mod:`mor_plugin.metrics`, shared with the widget's ``/metrics``. The file is
+replaced atomically, so node_exporter never reads half of it. The poll writes
+it after every run; the event listener rewrites it on every heartbeat, which
+keeps ``..._age_seconds`` fresh. Without a listener, compute the age in PromQL:
+``time() - mor_regstatus_last_run_timestamp_seconds``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import store
-from .status import KINDS
+from . import metrics, store
+from .atomic import atomic_write
+from .config import Settings
 
 log = logging.getLogger(__name__)
 
 FILENAME = "mor_regstatus.prom"
 
+#: the families of the file, in its order
+FAMILIES = (
+    metrics.DEVICES,
+    metrics.FLAPPING_DEVICES,
+    metrics.WRONG_SERVER_DEVICES,
+    metrics.PEERS,
+    metrics.LAST_RUN_TIMESTAMP,
+    metrics.LAST_SUCCESS_TIMESTAMP,
+    metrics.LAST_RUN_AGE,
+    metrics.LAST_RUN_DURATION,
+    metrics.LAST_RUN_SUCCESS,
+    metrics.LISTENER_CONNECTED,
+    metrics.LISTENER_SEEN_TIMESTAMP,
+)
 
-def _epoch(at: Optional[datetime]) -> float:
-    return at.replace(tzinfo=timezone.utc).timestamp() if at is not None else 0.0
+#: how old the listener's heartbeat may be with the default mor.conf
+DEFAULT_SILENT_AFTER = Settings().listener_silent_after
 
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
 
 
-def render(m: store.ServerMetrics, now: datetime) -> str:
-    """The exposition text for one server's aggregates."""
-    sid = f'server_id="{m.server_id}"'
+def _exposition(samples: Iterable[metrics.Sample]) -> str:
+    """``samples`` in Prometheus' text format, family by family in :data:`FAMILIES` order."""
+    by_family: dict[metrics.Family, list[str]] = {family: [] for family in FAMILIES}
+    for family, values, value in samples:
+        labels = ",".join(f'{name}="{v}"' for name, v in zip(family.labels, values))
+        by_family[family].append(f"{family.name}{{{labels}}} {_number(value)}")
     lines: list[str] = []
-
-    def metric(name: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} gauge")
-        for labels, value in samples:
-            lines.append(f"{name}{{{labels}}} {_number(value)}")
-
-    metric(
-        "mor_regstatus_devices",
-        "SIP devices of the server per registration status, as of the last poll.",
-        [(f'{sid},status="{kind}"', m.counts.get(kind, 0)) for kind in KINDS],
-    )
-    metric(
-        "mor_regstatus_flapping_devices",
-        "Devices of the server marked flapping.",
-        [(sid, m.flapping)],
-    )
-    metric(
-        "mor_regstatus_wrong_server_devices",
-        "Devices registered on the server but assigned to another one.",
-        [(sid, m.wrong_server)],
-    )
-    metric("mor_regstatus_peers", "SIP peers Asterisk listed in the last poll.", [(sid, m.peers)])
-    metric(
-        "mor_regstatus_last_run_timestamp_seconds",
-        "When the last poll ran (Unix time).",
-        [(sid, _epoch(m.last_run))],
-    )
-    metric(
-        "mor_regstatus_last_success_timestamp_seconds",
-        "When the last successful poll ran (Unix time; 0: never).",
-        [(sid, _epoch(m.last_success))],
-    )
-    metric(
-        "mor_regstatus_last_run_age_seconds",
-        "Seconds since the last poll, when this file was written.",
-        [(sid, max(0.0, (now - m.last_run).total_seconds()) if m.last_run else 0.0)],
-    )
-    metric(
-        "mor_regstatus_last_run_duration_seconds",
-        "How long the last successful poll took.",
-        [(sid, m.duration_ms / 1000)],
-    )
-    metric(
-        "mor_regstatus_last_run_success",
-        "1 when the last poll succeeded.",
-        [(sid, 1 if m.result == "ok" else 0)],
-    )
-    metric(
-        "mor_regstatus_listener_connected",
-        "1 when the AMI event listener is connected.",
-        [(sid, 1 if m.listener_connected else 0)],
-    )
-    metric(
-        "mor_regstatus_listener_seen_timestamp_seconds",
-        "The event listener's last heartbeat (Unix time; 0: never).",
-        [(sid, _epoch(m.listener_seen))],
-    )
+    for family, rows in by_family.items():
+        lines += [f"# HELP {family.name} {family.help}", f"# TYPE {family.name} gauge", *rows]
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(directory: Path, text: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / FILENAME
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".mor_regstatus.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def render(
+    m: store.ServerMetrics, now: datetime, silent_after: float = DEFAULT_SILENT_AFTER
+) -> str:
+    """The exposition text for one server's aggregates as of ``now``.
+
+    ``silent_after``: seconds after which the listener's heartbeat shows it gone
+    (:attr:`Settings.listener_silent_after`).
+    """
+    samples = list(metrics.server_samples(m, now, silent_after))
+    samples.append((metrics.PEERS, (str(m.server_id),), float(m.peers)))
+    return _exposition(samples)
 
 
-def export(engine: Engine, directory: Optional[Path], server_id: int, now: datetime) -> None:
+def export(
+    engine: Engine,
+    directory: Optional[Path],
+    server_id: int,
+    now: datetime,
+    silent_after: float = DEFAULT_SILENT_AFTER,
+) -> None:
     """Write the textfile when ``directory`` is set; a failure is logged, never raised."""
     if directory is None:
         return
@@ -125,8 +91,8 @@ def export(engine: Engine, directory: Optional[Path], server_id: int, now: datet
         with engine.connect() as conn:
             if not store.schema_version(conn):
                 return
-            metrics = store.server_metrics(conn, server_id)
-        write_atomically(directory, render(metrics, now))
+            server = store.server_metrics(conn, server_id)
+        atomic_write(directory / FILENAME, render(server, now, silent_after))
     except SQLAlchemyError as err:
         log.warning("metrics textfile not written: %s", store.describe_db_error(err))
     except OSError as err:

@@ -46,9 +46,9 @@ from testbed.asterisk import (
     TestbedError,
     asterisk_package_version,
     ensure_chroot,
-    mor_files,
 )
 from testbed.phones import NEVER, Phone, PhoneBank
+from testbed.server import mor_server, password_of, phone_of, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,7 +236,7 @@ def mor_database() -> Iterator[RealtimeDb]:
     except pymysql.err.OperationalError as err:
         raise TestbedError(f"MariaDB is not reachable on {mariadb.SOCKET}: {err}") from err
     try:
-        with mariadb.scratch_mor_database(root, "mor_record") as login:
+        with mariadb.scratch_mor_database("mor_record", root=root) as login:
             with root.cursor() as cur:
                 devices = [(n, q) for n, q, _, _ in SIP_PHONES] + [SIP_EVENT_PHONE]
                 for device_id, (device, qualify) in enumerate(devices, start=1):
@@ -244,7 +244,7 @@ def mor_database() -> Iterator[RealtimeDb]:
                         "INSERT INTO devices (id, name, server_id, device_type, user_id, "
                         "secret, context, extension, username, qualify) "
                         "VALUES (%s, %s, 1, 'SIP', 2, %s, 'mor', %s, %s, %s)",
-                        (device_id, device, f"pw{device}", device, device, qualify),
+                        (device_id, device, password_of(device), device, device, qualify),
                     )
             yield RealtimeDb(*login)
     finally:
@@ -265,33 +265,29 @@ class World:
 @contextlib.contextmanager
 def world(version: str) -> Iterator[World]:
     release = RELEASES[version]
-    root = ensure_chroot(version)
-    package = asterisk_package_version(root)
+    package = asterisk_package_version(ensure_chroot(version))
     secret = secrets.token_hex(8)
+    users = [AmiUser("mor", secret), AmiUser("reader", secret, read="system,reporting", write="")]
+    endpoints = [
+        PjsipEndpoint(name, password_of(name), max_contacts=2, qualify_frequency=2)
+        for name in PJSIP_ENDPOINTS
+    ]
+    sip_phones = [phone_of(name, answer) for name, _, answer, _ in SIP_PHONES]
+    pjsip_phones = [phone_of(name, answer, user) for name, user, answer in PJSIP_CONTACTS]
     with contextlib.ExitStack() as stack:
         realtime = stack.enter_context(mor_database()) if release.chan_sip else None
-        ports = Ports()
-        users = [
-            AmiUser("mor", secret),
-            AmiUser("reader", secret, read="system,reporting", write=""),
-        ]
-        endpoints = [
-            PjsipEndpoint(name, f"pw{name}", max_contacts=2, qualify_frequency=2)
-            for name in PJSIP_ENDPOINTS
-        ]
-        files = mor_files(release, ports, users, realtime=realtime, pjsip_endpoints=endpoints)
-        ast = stack.enter_context(Asterisk(version, files, name=f"record{version}"))
-        sip = None
-        if release.chan_sip:
-            sip = stack.enter_context(PhoneBank(ports.sip))
-            for name, _, answer, _ in SIP_PHONES:
-                sip.add(Phone(name, f"pw{name}", answer=answer))
-            sip.register()
-        pjsip = stack.enter_context(PhoneBank(ports.pjsip))
-        for name, contact_user, answer in PJSIP_CONTACTS:
-            pjsip.add(Phone(name, f"pw{name}", answer=answer, contact_user=contact_user))
-        pjsip.register()
-        yield World(version, package, ast, ports, secret, sip, pjsip)
+        server = stack.enter_context(
+            mor_server(
+                version,
+                users,
+                name=f"record{version}",
+                realtime=realtime,
+                pjsip_endpoints=endpoints,
+                sip_phones=sip_phones,
+                pjsip_phones=pjsip_phones,
+            )
+        )
+        yield World(version, package, server.ast, server.ports, secret, server.sip, server.pjsip)
 
 
 def pjsip_show_contacts(ast: Asterisk) -> dict[str, str]:
@@ -300,14 +296,6 @@ def pjsip_show_contacts(ast: Asterisk) -> dict[str, str]:
         uri.split("@", 1)[0].split(":", 1)[-1]: state
         for uri, state in ast.pjsip_show_contacts().items()
     }
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TestbedError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def settle_qualify(w: World) -> None:
@@ -344,7 +332,7 @@ class Recorder:
         self.recordings: list[Recording] = []
 
     def open(self) -> Conversation:
-        passwords = [f"pw{name}" for name in PJSIP_ENDPOINTS]
+        passwords = [password_of(name) for name in PJSIP_ENDPOINTS]
         conv = Conversation(self.w.ports.ami, self.w.secret, passwords)
         conv.settle(lambda d: d.endswith(b"\r\n"), quiet=0.2)  # the banner
         return conv
@@ -523,7 +511,7 @@ class Recorder:
         name, qualify = SIP_EVENT_PHONE
         conv = self.logged_in(events="system")
         conv.settle(quiet=1.0)
-        phone = bank.add(Phone(name, f"pw{name}", answer=UP))
+        phone = bank.add(phone_of(name, UP))
         self.step(conv, lambda: bank.register([phone]), b"PeerStatus: Reachable")
         self.step(conv, lambda: bank.set_answer(name, LATE), b"PeerStatus: Lagged")
         self.step(conv, lambda: bank.set_answer(name, UP), b"PeerStatus: Reachable")
@@ -546,7 +534,7 @@ class Recorder:
         name = PJSIP_EVENT_PHONE
         conv = self.logged_in(events="system")
         conv.settle(quiet=1.0)
-        phone = bank.add(Phone(name, f"pw{name}", answer=UP))
+        phone = bank.add(phone_of(name, UP))
         self.step(conv, lambda: bank.register([phone]), b"ContactStatus: Reachable")
         self.step(conv, lambda: bank.set_answer(name, NEVER), b"ContactStatus: Unreachable")
         self.step(conv, lambda: bank.set_answer(name, UP), b"ContactStatus: Reachable")

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import stat
 import subprocess
 import sys
@@ -164,12 +163,6 @@ def local_fact(ansible: Ansible, root: Path) -> Optional[dict[str, Any]]:
     # stdout alone: Python's warnings on stderr are not part of the answer
     facts = json.loads(result.stdout.split("=>", 1)[1])["ansible_facts"]
     return facts.get("ansible_local", {}).get("mor_registration_status")  # type: ignore[no-any-return]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def seed_mor_server(

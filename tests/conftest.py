@@ -1,35 +1,44 @@
-"""The world the tests run in: real MariaDB databases with MOR's tables, and SQLite.
+"""The fixtures the tests share; what they share besides fixtures is in
+``regstatus_helpers.py``.
 
-Every test that asks for ``mor_db`` gets a database of its own (MOR X5
-``devices``, ``servers``, ``server_devices``, ``users``) and a MySQL user with a
-password limited to it, dropped afterwards.
+- ``mariadb``: the local MariaDB answers (started here, as root, when it is down).
+- ``mor_db``: a MOR database of the test's own on it (MOR X5's ``devices``, ``servers``,
+  ``server_devices``, ``users``) and a MySQL user with a password limited to it, both
+  dropped afterwards.
+- ``collector_world``, ``mor``, ``sim``: a MOR server as the collector meets it. ``mor``
+  is ``mor_db`` holding the world's servers and devices, ``sim`` the simulated Asterisk
+  listing its peers, on 127.0.0.1, for the test alone. The world is
+  ``regstatus_helpers.EVERY_STATUS``, unless a test file overrides ``collector_world``
+  with another, or ``mor`` and ``sim`` with a world of its own.
+- ``sqlite_url``: a SQLite file with the MOR columns the project uses (the demo's default).
+- ``wheelhouse`` (the session's) and ``ansible`` (a test file's): the Ansible controller.
+- ``artifacts_dir``: where tests leave screenshots and logs for a human.
+
+No test sees the developer's own ``MOR_WIDGET_*`` settings.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
 
-import pymysql
 import pytest
 from ansible_runner import Ansible
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine
+from regstatus_helpers import (
+    EVERY_STATUS,
+    ROOT,
+    CollectorWorld,
+    MorDatabase,
+    clear_widget_env,
+    mor_database,
+    simulated_asterisk,
+)
+from sqlalchemy import create_engine
 
 from mor_plugin import schema
-from testbed.mariadb import root_connection, scratch_mor_database
-
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-
+from mor_plugin.simulator import AmiSimulator
+from testbed.mariadb import MariaDBUnavailable, ensure_running
 
 # The files that take minutes (ansible-playbook runs; the nspawn hosts), slowest first.
 SLOWEST_FILES = ("test_fleet.py", "test_ansible_lifecycle.py", "test_ansible.py")
@@ -47,155 +56,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)
 
 
-def _ensure_mariadb_running() -> None:
-    try:
-        root_connection().close()
-        return
-    except pymysql.err.OperationalError:
-        pass
-    if os.geteuid() != 0:
-        pytest.exit("MariaDB is not running and only root can start it: run 'make test' as root", 2)
-    subprocess.run(["install", "-d", "-o", "mysql", "-g", "mysql", "/run/mysqld"], check=True)
-    subprocess.run(
-        [
-            "start-stop-daemon",
-            "--start",
-            "--oknodo",
-            "--background",
-            "--chuid",
-            "mysql",
-            "--exec",
-            "/usr/sbin/mariadbd",
-        ],
-        check=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            root_connection().close()
-            return
-        except pymysql.err.OperationalError:
-            time.sleep(0.3)
-    pytest.exit("MariaDB did not start within 30 s (see /var/log/mysql/error.log)", 2)
+@pytest.fixture(autouse=True)
+def _no_widget_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own MOR_WIDGET_* settings never reach a test."""
+    clear_widget_env(monkeypatch)
 
 
 @pytest.fixture(scope="session")
 def mariadb() -> None:
     """MariaDB is up (started here if it is down)."""
-    _ensure_mariadb_running()
-
-
-@dataclass
-class MorDatabase:
-    """A throw-away MOR database and helpers to fill and read it."""
-
-    name: str
-    user: str
-    password: str
-    url: str
-    engine: Engine
-
-    def execute(self, sql: str, **params: Any) -> Any:
-        with self.engine.begin() as conn:
-            return conn.execute(text(sql), params)
-
-    def add_server(self, server_id: int, **columns: Any) -> None:
-        values = {
-            "id": server_id,
-            "server_ip": f"127.0.0.{server_id}",
-            "hostname": f"ast{server_id}",
-        }
-        values.update(columns)
-        with self.engine.begin() as conn:
-            conn.execute(schema.servers.insert().values(**values))
-
-    def add_user(self, user_id: int, username: str = "", **columns: Any) -> None:
-        values = {
-            "id": user_id,
-            "username": username or f"user{user_id}",
-            "password": "x",
-            "first_name": "First",
-            "last_name": "Last",
-        }
-        values.update(columns)
-        cols = ", ".join(f"`{k}`" for k in values)
-        binds = ", ".join(f":{k}" for k in values)
-        self.execute(f"INSERT INTO users ({cols}) VALUES ({binds})", **values)
-
-    def add_device(self, device_id: int, name: str, server_id: int = 1, **columns: Any) -> None:
-        values = {
-            "id": device_id,
-            "name": name,
-            "server_id": server_id,
-            "device_type": "SIP",
-            "user_id": 2,
-            "secret": "s",
-            "context": "mor",
-            "extension": str(device_id),
-            "username": name,
-            "qualify": "yes",
-        }
-        values.update(columns)
-        cols = ", ".join(f"`{k}`" for k in values)
-        binds = ", ".join(f":{k}" for k in values)
-        self.execute(f"INSERT INTO devices ({cols}) VALUES ({binds})", **values)
-
-    def add_sighting(
-        self,
-        device_id: int,
-        peer_name: str,
-        seen_on: int,
-        assigned: int,
-        reg_status: str,
-        first_seen: datetime,
-        last_seen: datetime,
-        **columns: Any,
-    ) -> None:
-        """A row of mor_regstatus_wrong_server: the device registered on server ``seen_on``
-        although MOR assigns it to ``assigned``."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                schema.wrong_server.insert().values(
-                    device_id=device_id,
-                    peer_name=peer_name,
-                    seen_on_server_id=seen_on,
-                    assigned_server_id=assigned,
-                    reg_status=reg_status,
-                    first_seen=first_seen,
-                    last_seen=last_seen,
-                    **columns,
-                )
-            )
-
-    def reg_statuses(self) -> dict[str, Optional[str]]:
-        """``devices.name`` -> ``devices.reg_status`` for every device."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(text("SELECT name, reg_status FROM devices ORDER BY id"))
-            return {name: status for name, status in rows}
-
-    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
-        """Every row of every table, to prove that a failed run changed nothing."""
-        out: dict[str, list[tuple[Any, ...]]] = {}
-        with self.engine.connect() as conn:
-            tables = [row[0] for row in conn.execute(text("SHOW TABLES"))]
-            for table in sorted(tables):
-                rows = conn.execute(text(f"SELECT * FROM `{table}` ORDER BY 1"))
-                out[table] = [tuple(row) for row in rows]
-        return out
-
-
-@contextmanager
-def mor_database(prefix: str = "mor_t") -> Iterator[MorDatabase]:
-    """A fresh MOR database on the real MariaDB with a password user of its own; dropped after."""
-    root = root_connection()
     try:
-        with scratch_mor_database(root, prefix) as (name, user, password):
-            url = f"mysql+pymysql://{user}:{password}@127.0.0.1:3306/{name}?charset=utf8mb4"
-            engine = create_engine(url, pool_pre_ping=True)
-            yield MorDatabase(name=name, user=user, password=password, url=url, engine=engine)
-            engine.dispose()
-    finally:
-        root.close()
+        ensure_running()
+    except MariaDBUnavailable as err:
+        pytest.exit(str(err), 2)
 
 
 @pytest.fixture
@@ -203,6 +76,28 @@ def mor_db(mariadb: None) -> Iterator[MorDatabase]:
     """A MOR database of this test's own."""
     with mor_database() as db:
         yield db
+
+
+@pytest.fixture
+def collector_world() -> CollectorWorld:
+    """The MOR server that ``mor`` and ``sim`` build."""
+    return EVERY_STATUS
+
+
+@pytest.fixture
+def sim(collector_world: CollectorWorld) -> Iterator[AmiSimulator]:
+    """The world's Asterisk, simulated."""
+    # the test's own copies: it may change them
+    peers = [replace(peer) for peer in collector_world.peers]
+    with simulated_asterisk(peers, collector_world.asterisk) as running:
+        yield running
+
+
+@pytest.fixture
+def mor(collector_world: CollectorWorld, mor_db: MorDatabase) -> MorDatabase:
+    """This test's MOR database, holding the world's servers and devices."""
+    collector_world.fill(mor_db)
+    return mor_db
 
 
 @pytest.fixture
@@ -233,9 +128,4 @@ def artifacts_dir() -> Path:
     """Where tests leave screenshots and logs for a human to look at."""
     path = ROOT / "artifacts"
     path.mkdir(exist_ok=True)
-    return path
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium") or "/usr/bin/chromium"
     return path

@@ -36,7 +36,6 @@ from ansible_runner import (
     Ansible,
     Run,
     collector_vars,
-    free_port,
     local_fact,
     read_env_file,
     seed_mor_server,
@@ -44,9 +43,10 @@ from ansible_runner import (
     wait_for_http,
     widget_vars,
 )
-from conftest import MorDatabase, mor_database
+from regstatus_helpers import MorDatabase, mor_database
 
 from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
+from testbed.asterisk import free_port
 
 pytestmark = pytest.mark.ansible
 

@@ -21,15 +21,15 @@ from ansible_runner import (
     MOR_CRON,
     Ansible,
     collector_vars,
-    free_port,
     local_fact,
     seed_mor_server,
     tree,
     widget_vars,
 )
-from conftest import mor_database
+from regstatus_helpers import mor_database
 
 from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
+from testbed.asterisk import free_port
 
 pytestmark = pytest.mark.ansible
 

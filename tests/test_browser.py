@@ -9,6 +9,7 @@ widget's CSP does not allow.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import threading
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, MorDatabase, chromium_path
+from regstatus_helpers import ROOT, MorDatabase
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from mor_plugin import schema
@@ -59,6 +60,10 @@ HEADS |= {5: "Unmonitored", 6: "NO STATUS"}
 ROAMER = 7
 #: MOR's device edit page gives the status box this height; embed.js fits it to its content
 PLAIN_FRAME_HEIGHT = 150
+
+
+def chromium_path() -> str:
+    return shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @dataclass

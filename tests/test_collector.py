@@ -11,87 +11,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
-from conftest import MorDatabase
+from regstatus_helpers import HOSTILE, MorDatabase, run, summary, write_conf
 from sqlalchemy import create_engine, text
 
-from mor_plugin import cli, schema
+from mor_plugin import schema
 from mor_plugin.simulator import AmiSimulator, Faults, SimPeer, realistic_peers, run_in_thread
 
 ALL_VERSIONS = ["1.4", "1.6", "1.8", "10", "11", "13", "16", "18", "20"]
-HOSTILE = "x'); DROP TABLE devices; --"
 
-
-def write_conf(tmp_path: Path, db_url: str, sim: Optional[AmiSimulator], **extra: Any) -> Path:
-    """A mor.conf as an ops engineer would write it, with every path inside tmp_path."""
-    values: dict[str, Any] = {
-        "server_id": 1,
-        "db_url": db_url,
-        "ami_host": "127.0.0.1",
-        "ami_port": sim.port if sim else 9,
-        "ami_username": "mor",
-        "ami_secret": "s3cret",
-        "manager_conf": tmp_path / "no-manager.conf",
-        "log_file": tmp_path / "log" / "ami_debug.log",
-        "state_file": tmp_path / "state.json",
-        "lock_file": tmp_path / "run.lock",
-        "ami_connect_timeout": 2,
-        "ami_timeout": 2,
-        "ami_list_timeout": 10,
-        "db_timeout": 5,
-    }
-    values.update(extra)
-    path = tmp_path / "mor.conf"
-    path.write_text("".join(f"{key} = {value}\n" for key, value in values.items()))
-    return path
-
-
-def run(conf: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main(["--config", str(conf), *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def summary(conf: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    code, out, err = run(conf, "--json", capsys=capsys)
-    assert code == 0, err
-    return json.loads(out)  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def sim() -> Iterator[AmiSimulator]:
-    peers = [
-        SimPeer("101", "OK (12 ms)", ip="10.0.0.1", port=5060),
-        SimPeer("102", "LAGGED (2345 ms)", ip="10.0.0.2", port=5060),
-        SimPeer("103", "UNREACHABLE", ip="10.0.0.3", port=5060),
-        SimPeer("104", "UNKNOWN"),
-        SimPeer("105", "Unmonitored", ip="10.0.0.5", port=5061),
-        SimPeer("201", "OK (7 ms)", ip="10.0.2.1", port=5060),  # assigned to server 2
-        SimPeer(HOSTILE, "OK (3 ms)", ip="10.0.0.9", port=5060),
-    ]
-    with run_in_thread(AmiSimulator(peers, version="11", username="mor", secret="s3cret")) as s:
-        yield s
-
-
-@pytest.fixture
-def mor(mor_db: MorDatabase) -> MorDatabase:
-    """Server 1 (this one) and 2; devices of both, one never registered, one IAX2."""
-    mor_db.add_server(1)
-    mor_db.add_server(2)
-    for device_id, name in enumerate(["101", "102", "103", "104", "105"], start=1):
-        mor_db.add_device(device_id, name)
-    mor_db.add_device(6, "106")  # never registered: Asterisk does not list it
-    mor_db.add_device(7, "201", server_id=2, reg_status="OK (99 ms)")
-    mor_db.add_device(8, HOSTILE, description="<script>alert(1)</script>")
-    mor_db.add_device(9, "iax", device_type="IAX2", reg_status="kept")
-    return mor_db
-
-
+#: what a run makes of the default world (conftest's ``mor`` and ``sim``)
 EXPECTED = {
     "101": "OK (12 ms)",
     "102": "LAGGED (2345 ms)",

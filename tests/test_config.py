@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
 import pytest
+import yaml
+from regstatus_helpers import ROOT
 from sqlalchemy.engine import make_url
 
 from mor_plugin.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_LOG_FILE,
+    DEFAULT_STATE_FILE,
+    KEY,
+    KEYS,
+    KNOWN_KEYS,
     URL_KEYS,
     ConfigError,
     Settings,
@@ -47,6 +56,14 @@ def load(
         write(core, asterisk_mor_conf)
     path = write(etc / "mor.conf", f"manager_conf = {manager}\n{mor_conf}")
     return load_settings(path, asterisk_mor_conf=core, **overrides)
+
+
+def manager_login(path: Path) -> tuple[Optional[str], Optional[str], Optional[int]]:
+    """``(username, secret, port)`` as the collector's own manager.conf reader gives them."""
+    manager = read_manager_conf(path)
+    if manager is None:
+        return None, None, None
+    return manager.username, manager.secret, manager.port
 
 
 def config_error(etc: Path, mor_conf: str, *, manager_conf: Optional[str] = None) -> str:
@@ -105,6 +122,42 @@ def test_settings_constructed_directly_match_an_empty_mor_conf(etc: Path) -> Non
     loaded = load(etc, "")
 
     assert Settings(config_path=loaded.config_path, manager_conf=loaded.manager_conf) == loaded
+
+
+def test_settings_take_every_default_from_the_key_table() -> None:
+    defaults = Settings()
+    own = [key for key in KEYS if key.own_setting]
+    assert {key.name: getattr(defaults, key.name) for key in own} == {
+        key.name: key.default for key in own
+    }
+    assert (defaults.ami_host, defaults.ami_port) == (KEY["ami_host"].default, 5038)
+    assert make_url(defaults.db_url).port == KEY["port"].default
+    # a field per key, but MOR's database keys, which make db_url
+    not_keys = {"config_path", "warnings", "misspelled_keys"}
+    database = {"host", "port", "db", "user", "secret"}
+    assert {f.name for f in fields(Settings)} - not_keys == KNOWN_KEYS - database
+
+
+def test_the_flap_defaults_are_four_changes_in_ten_minutes() -> None:
+    assert (Settings().flap_changes, Settings().flap_window) == (4, 600)
+    assert KEY["flap_window"].default_cell() == "`10`"  # README's minutes
+
+
+def test_the_collector_role_defaults_to_the_collectors_own_paths() -> None:
+    """The role passes its paths on the command line; by default they are the collector's."""
+    role = ROOT / "roles" / "mor_retrieve_peers" / "defaults" / "main.yml"
+    defaults = yaml.safe_load(role.read_text())
+    assert Path(defaults["mor_retrieve_peers_mor_conf"]) == DEFAULT_CONFIG_PATH
+    assert Path(defaults["mor_retrieve_peers_log_file"]) == DEFAULT_LOG_FILE
+    assert Path(defaults["mor_retrieve_peers_state_dir"]) == DEFAULT_STATE_FILE.parent
+
+
+def test_a_listener_is_silent_after_a_ping_its_answer_and_two_database_writes(
+    etc: Path,
+) -> None:
+    assert Settings().listener_silent_after == 10 + 10 + 2 * 30
+    settings = load(etc, "watch_ping_interval = 60\nami_timeout = 5\ndb_timeout = 2\n")
+    assert settings.listener_silent_after == 60 + 5 + 2 * 2
 
 
 def test_legacy_mor_conf_is_read(etc: Path) -> None:
@@ -322,7 +375,7 @@ def test_db_url_with_unknown_driver_is_an_error(etc: Path) -> None:
 
 
 def test_manager_conf_prefers_the_mor_user(etc: Path) -> None:
-    assert read_manager_conf(write(etc / "manager.conf", MANAGER_TWO_USERS)) == (
+    assert manager_login(write(etc / "manager.conf", MANAGER_TWO_USERS)) == (
         "mor",
         "morpass",
         5039,
@@ -332,19 +385,19 @@ def test_manager_conf_prefers_the_mor_user(etc: Path) -> None:
 def test_manager_conf_without_mor_takes_the_first_user_with_a_secret(etc: Path) -> None:
     text = "[general]\nenabled = yes\n[nosecret]\nread = all\n[ops]\nsecret = o\n[dev]\nsecret = d"
 
-    assert read_manager_conf(write(etc / "manager.conf", text)) == ("ops", "o", None)
+    assert manager_login(write(etc / "manager.conf", text)) == ("ops", "o", None)
 
 
 def test_manager_conf_mor_without_secret_is_skipped(etc: Path) -> None:
     text = "[mor]\nread = all\n[ops]\nsecret = o\n"
 
-    assert read_manager_conf(write(etc / "manager.conf", text))[:2] == ("ops", "o")
+    assert manager_login(write(etc / "manager.conf", text))[:2] == ("ops", "o")
 
 
 def test_manager_conf_accepts_arrow_assignment(etc: Path) -> None:
     text = "[general]\nport => 6000\n[mor]\nsecret => morpass\n"
 
-    assert read_manager_conf(write(etc / "manager.conf", text)) == ("mor", "morpass", 6000)
+    assert manager_login(write(etc / "manager.conf", text)) == ("mor", "morpass", 6000)
 
 
 def test_manager_conf_ignores_include_lines_and_comments(etc: Path) -> None:
@@ -357,17 +410,25 @@ def test_manager_conf_ignores_include_lines_and_comments(etc: Path) -> None:
         ";--\n[blocked]\nsecret = x\n--;\n"
     )
 
-    assert read_manager_conf(write(etc / "manager.conf", text)) == ("mor", "mor;pass", None)
+    assert manager_login(write(etc / "manager.conf", text)) == ("mor", "mor;pass", None)
 
 
 def test_manager_conf_templates_are_not_users(etc: Path) -> None:
     text = "[base](!)\nsecret = tpl\nread = all\n\n[mor](base)\nwrite = all\n"
 
-    assert read_manager_conf(write(etc / "manager.conf", text))[:2] == ("mor", "tpl")
+    assert manager_login(write(etc / "manager.conf", text))[:2] == ("mor", "tpl")
 
 
 def test_missing_manager_conf_gives_no_credentials(etc: Path) -> None:
-    assert read_manager_conf(etc / "absent.conf") == (None, None, None)
+    assert manager_login(etc / "absent.conf") == (None, None, None)
+
+
+def test_the_collector_logs_in_as_its_manager_conf_reader_says(etc: Path) -> None:
+    text = "[general]\nport = 5040\n[ops]\nsecret = o\n[mor]\nsecret = m\n"
+    settings = load(etc, "", manager_conf=text)
+
+    read = manager_login(etc / "manager.conf")
+    assert (settings.ami_username, settings.ami_secret, settings.ami_port) == read
 
 
 def test_ami_credentials_and_port_come_from_manager_conf(etc: Path) -> None:
@@ -580,7 +641,7 @@ def test_manager_conf_includes_are_followed_and_the_projects_own_user_wins(
     (tmp_path / "manager.d" / "mor_regstatus.conf").write_text(
         "[mor_regstatus]\nsecret = least-privilege\nread = system,reporting\n"
     )
-    assert read_manager_conf(tmp_path / "manager.conf") == (
+    assert manager_login(tmp_path / "manager.conf") == (
         "mor_regstatus",
         "least-privilege",
         5039,
@@ -591,7 +652,7 @@ def test_an_include_of_nothing_changes_nothing(tmp_path: Path) -> None:
     (tmp_path / "manager.conf").write_text(
         "[general]\nport = 5038\n#include manager.d/*.conf\n[mor]\nsecret = s\n"
     )
-    assert read_manager_conf(tmp_path / "manager.conf") == ("mor", "s", 5038)
+    assert manager_login(tmp_path / "manager.conf") == ("mor", "s", 5038)
 
 
 # ----------------------------------------------------------------------- masking URLs

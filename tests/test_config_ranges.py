@@ -12,9 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from conftest import MorDatabase
-from regstatus_helpers import Receiver
-from test_collector import mor, run, sim, summary, write_conf  # noqa: F401 - fixtures
+from regstatus_helpers import MorDatabase, Receiver, run, summary, write_conf
 
 from mor_plugin.config import NUMERIC_KEYS, ConfigError, NumberRange, Settings, load_settings
 from mor_plugin.simulator import AmiSimulator
@@ -100,8 +98,8 @@ def test_the_collector_exits_2_with_one_line_for_a_huge_value(
 
 
 def test_a_run_with_every_numeric_key_at_its_maximum_completes(
-    mor: MorDatabase,  # noqa: F811 - the fixture
-    sim: AmiSimulator,  # noqa: F811
+    mor: MorDatabase,
+    sim: AmiSimulator,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

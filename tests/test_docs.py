@@ -1,12 +1,12 @@
 """docs/TROUBLESHOOTING.md stays true: failures staged for real (bad mor.conf values, missing
 and unwritable files, the AMI simulator refusing or hanging, MariaDB refusing) make the
 installed ``mor-retrieve-peers`` print a line that the document lists, under the exit code
-the process really returned."""
+the process really returned. README's table of mor.conf keys is the code's, the defaults
+the docs mention are the code's, and every exported metric is documented."""
 
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, MorDatabase
-from test_collector import write_conf
+from regstatus_helpers import ROOT, MorDatabase, write_conf
 
-from mor_plugin import cli
+from mor_plugin import cli, config, textfile
 from mor_plugin.simulator import AmiSimulator, Faults, realistic_peers, run_in_thread
+from testbed.asterisk import free_port
+from widget import metrics as widget_metrics
 
 pytestmark = pytest.mark.mariadb
 
@@ -75,12 +76,6 @@ def assert_documented(done: subprocess.CompletedProcess[str], code: int, staged:
     assert documented_codes(lines[0]) == {code}, (
         f"not in {DOC.name} under exit code {code}:\n{lines[0]}"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_the_document_has_a_section_for_every_exit_code_of_the_collector() -> None:
@@ -223,3 +218,55 @@ def test_a_misspelled_key_is_documented(
     with conf.open("a") as handle:
         handle.write("ami_prot = 5039\n")
     assert_documented(collector(conf), 0, "unknown key 'ami_prot' (did you mean 'ami_port'?)")
+
+
+# --- README's and docs/' words on mor.conf's keys and the metrics ------------------------
+
+
+def test_the_readme_table_of_mor_conf_keys_is_the_code_s() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = config.markdown_table()
+    assert table in readme, (
+        "README's mor.conf table differs from mor_plugin.config.KEYS; paste the output of\n"
+        "python -c 'from mor_plugin import config; print(config.markdown_table())'"
+    )
+
+
+#: "`ami_timeout` (default 10 s", "`db_timeout`, default 30 s" in the docs' prose
+DEFAULT_IN_PROSE = re.compile(r"`([a-z_]+)`,? \(?default ([0-9.]+)")
+
+
+def test_the_docs_state_mor_conf_defaults_as_the_code_does() -> None:
+    stated = [
+        (doc.name, match.group(1), match.group(2))
+        for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for match in DEFAULT_IN_PROSE.finditer(doc.read_text(encoding="utf-8"))
+        if match.group(1) in config.KEY
+    ]
+    assert stated  # the pattern still finds the docs' wording
+    for doc, name, default in stated:
+        assert config.KEY[name].default_cell() == f"`{default}`", f"{doc}: {name}"
+
+
+def section(text: str, heading: str) -> str:
+    """The text under ``heading`` up to the next heading."""
+    start = text.index(heading) + len(heading)
+    following = re.search(r"^#", text[start:], re.M)
+    return text[start : start + following.start()] if following else text[start:]
+
+
+def test_every_metric_is_documented_where_its_exporter_is() -> None:
+    readme = section((ROOT / "README.md").read_text(encoding="utf-8"), "### Metrics textfile")
+    widget = section((ROOT / "docs" / "WIDGET.md").read_text(encoding="utf-8"), "### Metrics")
+    assert [f.name for f in textfile.FAMILIES if f"`{f.name}" not in readme] == []
+    assert [f.name for f in widget_metrics.FAMILIES if f"`{f.name}" not in widget] == []
+    silent_after = config.Settings().listener_silent_after
+    assert f"({silent_after:g} s by default)" in readme
+
+
+def test_the_alert_rules_name_metrics_both_exporters_write() -> None:
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    exprs = re.findall(r"^\s*expr: (.*)$", operations, re.M)
+    named = {name for expr in exprs for name in re.findall(r"mor_regstatus_[a-z_]+", expr)}
+    both = {f.name for f in textfile.FAMILIES} & {f.name for f in widget_metrics.FAMILIES}
+    assert named and named <= both

@@ -13,6 +13,7 @@ from mor_plugin.status import (
     Device,
     DeviceState,
     FlapRule,
+    KnownStatus,
     Notified,
     Peer,
     PeerEvent,
@@ -21,6 +22,7 @@ from mor_plugin.status import (
     is_flapping,
     needs_peer_lookup,
     notified_after,
+    observed_later,
     peer_event_from_fields,
     plan_cycle,
     plan_events,
@@ -99,7 +101,7 @@ def test_qualify_limit(qualify: Optional[str], limit: Optional[int]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "time_ms", "direct", "expected"),
+    ("status", "time_ms", "known", "expected"),
     [
         ("Reachable", None, False, True),  # chan_sip after Unreachable: no Time
         ("Lagged", None, False, True),
@@ -113,9 +115,13 @@ def test_qualify_limit(qualify: Optional[str], limit: Optional[int]) -> None:
     ],
 )
 def test_events_that_leave_the_status_unknown_need_a_look_up(
-    status: str, time_ms: Optional[int], direct: bool, expected: bool
+    status: str, time_ms: Optional[int], known: bool, expected: bool
 ) -> None:
-    event = PeerEvent("101", status, T0, time_ms, direct=direct, reg_status="OK (1 ms)")
+    event = (
+        KnownStatus("101", T0, "OK (1 ms)", "SIPshowpeer")
+        if known
+        else PeerEvent("101", status, T0, time_ms)
+    )
     assert needs_peer_lookup(event) is expected
 
 
@@ -243,7 +249,7 @@ def test_plan_events_flags_flapping_from_stored_and_new_transitions() -> None:
     rule = FlapRule(changes=4, window=timedelta(minutes=10))
     recent = {1: [at(-120), at(-60)]}
     batch = events(("101", "Unreachable", None, 1), ("101", "Reachable", 20, 2))
-    plan = plan_events(1, batch, DEVICES, STATES, HOUR, recent=recent, flap=rule)
+    plan = plan_events(1, batch, DEVICES, STATES, HOUR, recent_times=recent, flap=rule)
     (new,) = plan.state_changes
     assert (new.flapping, new.flapping_since, new.status) == (True, at(2), "ok")
     assert plan.reg_status_changes == ((1, "OK (20 ms)"),)  # reg_status keeps Asterisk's string
@@ -263,6 +269,15 @@ def test_the_poll_leaves_a_device_with_a_newer_observation_alone() -> None:
     assert plan.reg_status_changes == ((2, "UNREACHABLE"),)
     assert plan.skipped_newer == 1
     assert plan.counts["unreachable"] == 2
+    assert plan.left_alone == {1}  # the writer of its contacts too: the newer observation's
+
+
+def test_the_last_observation_wins() -> None:
+    assert observed_later(state(1, "ok", observed_at=at(10)), at(5))
+    assert not observed_later(state(1, "ok", observed_at=at(5)), at(5))  # a tie is not newer
+    assert not observed_later(state(1, "ok", observed_at=at(1)), at(5))
+    assert not observed_later(state(1, "ok"), at(5))  # a row from before observed_at existed
+    assert not observed_later(None, at(5))
 
 
 def test_the_poll_records_transitions_but_not_jitter_nor_first_sightings() -> None:
@@ -294,12 +309,12 @@ def test_the_poll_clears_flapping_once_the_window_holds_too_few() -> None:
         flapping,
         at(0),
         HOUR,
-        recent={1: 3},
+        recent_counts={1: 3},
         flap=rule,
     )
     assert still.state_changes == ()
     calm = plan_cycle(
-        1, [Peer("101", "OK (5 ms)")], devices, flapping, at(0), HOUR, recent={}, flap=rule
+        1, [Peer("101", "OK (5 ms)")], devices, flapping, at(0), HOUR, recent_counts={}, flap=rule
     )
     (new,) = calm.state_changes
     assert (new.flapping, new.flapping_since) == (False, None)

@@ -37,8 +37,7 @@ from ansible_runner import (
     seed_mor_server,
     wait_for_http,
 )
-from conftest import MorDatabase, mor_database
-from regstatus_helpers import wait_for
+from regstatus_helpers import MorDatabase, mor_database, wait_for
 
 from testbed.asterisk import (
     RELEASES,
@@ -50,7 +49,7 @@ from testbed.asterisk import (
     mor_files,
 )
 from testbed.hosts import Host, boot_host
-from testbed.mariadb import root_connection
+from testbed.mariadb import root_connection, sqlalchemy_url
 from testbed.phones import NEVER, Phone, PhoneBank
 from widget.signing import sign_url
 
@@ -112,7 +111,7 @@ def widget_login(db: MorDatabase) -> Iterator[tuple[str, str]]:
     try:
         with root.cursor() as cur:
             cur.execute(f"CREATE USER {account} IDENTIFIED BY '{password}'")
-        yield account, f"mysql+pymysql://{name}:{password}@127.0.0.1:3306/{db.name}?charset=utf8mb4"
+        yield account, sqlalchemy_url(name, password, db.name)
     finally:
         with root.cursor() as cur:
             cur.execute(f"DROP USER IF EXISTS {account}")

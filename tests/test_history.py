@@ -4,44 +4,33 @@ end to end: the AMI simulator over TCP into MariaDB (and SQLite where it is chea
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MorDatabase
 from prometheus_client.parser import text_string_to_metric_families
-from regstatus_helpers import Receiver, utc_now
+from regstatus_helpers import (
+    WITH_A_PROVIDER,
+    CollectorWorld,
+    MorDatabase,
+    Receiver,
+    summary,
+    utc_now,
+    write_conf,
+)
 from sqlalchemy import create_engine, inspect, text
-from test_collector import summary, write_conf
 
 from mor_plugin import schema, store, textfile
-from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
+from mor_plugin.simulator import AmiSimulator
 
 SECRET = "hook-secret"
 
 
 @pytest.fixture
-def sim() -> Iterator[AmiSimulator]:
-    peers = [
-        SimPeer("101", "OK (12 ms)", ip="10.0.0.1", port=5060),
-        SimPeer("102", "OK (30 ms)", ip="10.0.0.2", port=5060),
-        SimPeer("103", "LAGGED (2500 ms)", ip="10.0.0.3", port=5060),
-        SimPeer("104", "Unmonitored", ip="10.0.0.4", port=5060),
-    ]
-    with run_in_thread(AmiSimulator(peers, version="13", username="mor", secret="s3cret")) as s:
-        yield s
-
-
-@pytest.fixture
-def mor(mor_db: MorDatabase) -> MorDatabase:
-    mor_db.add_server(1)
-    mor_db.add_device(1, "101")
-    mor_db.add_device(2, "102", user_id=-1)  # a provider's device
-    mor_db.add_device(3, "103")
-    mor_db.add_device(4, "104", qualify="no")
-    return mor_db
+def collector_world() -> CollectorWorld:
+    """Device 2 is a provider's: the webhook tests alert on it."""
+    return WITH_A_PROVIDER
 
 
 def history(db: MorDatabase) -> list[tuple[Any, ...]]:

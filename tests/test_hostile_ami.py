@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,10 +16,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import MorDatabase
 from recorded_ami import transcript
+from regstatus_helpers import MorDatabase, run, summary, write_conf
 from sqlalchemy import text
-from test_collector import run, summary, write_conf
 
 from mor_plugin import schema, store
 from mor_plugin.ami import _PeerListAction, _Protocol
@@ -45,8 +45,11 @@ NAMES = ["josé", "日本語日本語-1", "Ærø-ß", "101"]
 
 
 class _Transport:
+    def __init__(self) -> None:
+        self.sent = b""
+
     def write(self, data: bytes) -> None:
-        pass
+        self.sent += data
 
     def close(self) -> None:
         pass
@@ -95,17 +98,31 @@ def event_loop_of_its_own() -> Iterator[None]:
 
 
 def _feed(pieces: list[bytes]) -> tuple[list[str], list[dict[str, str]]]:
+    """The names of a SIPpeers list sent first on a connection that receives ``pieces``,
+    and the messages handed to panoramisk."""
     protocol = _protocol()
-    protocol.peer_list = _PeerListAction()
+    peer_list = _PeerListAction(asyncio.get_event_loop())
+    protocol.send_list(peer_list)
     for piece in pieces:
         protocol.data_received(piece)
-    return [peer.name for peer in protocol.peer_list.peers], protocol.handled
+    return [peer.name for peer in peer_list.peers], protocol.handled
+
+
+def _as_first_list(stream: bytes, action_id: bytes) -> bytes:
+    """``stream`` with ``action_id`` replaced by the ActionID the collector gives the first
+    list it sends on a connection."""
+    protocol = _protocol()
+    protocol.send_list(_PeerListAction(asyncio.get_event_loop()))
+    ours = re.search(rb"\r\nActionID: ([^\r]+)\r\n", protocol.transport.sent)
+    assert ours is not None
+    return stream.replace(b"ActionID: " + action_id + b"\r\n", b"ActionID: " + ours[1] + b"\r\n")
 
 
 def test_a_sip_peer_list_split_at_every_byte_keeps_every_non_ascii_name(
     event_loop_of_its_own: None,
 ) -> None:
     stream = _with_names(_received("ast16-sippeers.txt"), b"ObjectName", NAMES)
+    stream = _as_first_list(stream, b"sp-1")
     whole = _feed([stream])
     assert whole[0][:4] == NAMES
     for cut in range(1, len(stream)):
@@ -127,7 +144,10 @@ def test_a_pjsip_contact_list_split_at_every_byte_keeps_every_non_ascii_name(
 def test_bytes_that_are_not_utf8_show_as_replacement_characters_not_as_silence(
     event_loop_of_its_own: None,
 ) -> None:
-    names, _ = _feed([b"Event: PeerEntry\r\nObjectName: caf\xe9\r\nStatus: OK (3 ms)\r\n\r\n"])
+    entry = (
+        b"Event: PeerEntry\r\nActionID: sp-1\r\nObjectName: caf\xe9\r\nStatus: OK (3 ms)\r\n\r\n"
+    )
+    names, _ = _feed([_as_first_list(entry, b"sp-1")])
     assert names == ["caf\ufffd"]
 
 

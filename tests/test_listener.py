@@ -12,9 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MorDatabase
-from regstatus_helpers import Receiver, listening, wait_for
-from test_collector import summary, write_conf
+from regstatus_helpers import (
+    MorDatabase,
+    Receiver,
+    listening,
+    simulated_asterisk,
+    summary,
+    wait_for,
+    write_conf,
+)
 
 from mor_plugin import cli, store
 from mor_plugin.config import load_settings
@@ -31,7 +37,7 @@ def sim() -> Iterator[AmiSimulator]:
         SimPeer("103", "Unmonitored", ip="10.0.0.3", port=5060),
         SimPeer("201", "OK (7 ms)", ip="10.0.2.1", port=5060),  # assigned to server 2
     ]
-    with run_in_thread(AmiSimulator(peers, version="11", username="mor", secret="s3cret")) as s:
+    with simulated_asterisk(peers, "11") as s:
         yield s
 
 
@@ -286,15 +292,19 @@ def test_the_poll_and_the_listener_last_observation_wins(
         # 1. An event arrives after the poll's list completed, while the poll writes:
         #    the listener waits for the poll's transaction, then its newer event wins.
         real_load = store.load_devices
+        slowed: list[int] = []
 
         def slow_load(conn: Any, server_id: int) -> Any:
+            slowed.append(server_id)
             sim.emit_peer_status("101", "Unreachable", -1)
             time.sleep(0.6)  # the listener has it by now, and waits for the lock
             return real_load(conn, server_id)
 
-        monkeypatch.setattr(store, "load_devices", slow_load)
+        # store.load_poll_inputs reads the devices through its own module, store.runs
+        monkeypatch.setattr(store.runs, "load_devices", slow_load)
         cli.collect(settings)
-        monkeypatch.setattr(store, "load_devices", real_load)
+        monkeypatch.setattr(store.runs, "load_devices", real_load)
+        assert slowed == [settings.server_id]  # the event really came while the poll ran
         wait_for(lambda: status_of(mor, 1) == "UNREACHABLE")
 
         # 2. An event observed before the poll's list, written after the poll: the poll's

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MorDatabase
+from regstatus_helpers import MorDatabase
 
 # bench/ is not an installed package: import it from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import MorDatabase
-from regstatus_helpers import listening, wait_for
-from test_collector import run, summary, write_conf
+from regstatus_helpers import MorDatabase, listening, run, summary, wait_for, write_conf
 
 from mor_plugin.config import load_settings
 from mor_plugin.pjsip import (
     Contact,
     ContactEvent,
     apply_contact_event,
+    apply_contact_events,
     best_contact,
     contact_address,
     contact_event_from_fields,
@@ -37,7 +36,7 @@ from mor_plugin.simulator import (
     realistic_endpoints,
     run_in_thread,
 )
-from mor_plugin.status import Peer, kind_of
+from mor_plugin.status import Device, KnownStatus, Peer, kind_of
 
 PJSIP_VERSIONS = ["13", "16", "18", "20", "22"]
 SCRIPT_UA = '<script>alert("ua")</script>'
@@ -204,6 +203,41 @@ def test_contact_events_move_one_contact_of_the_set() -> None:
     }
     assert contact_event_from_fields(fields) == ContactEvent("dev", "dev", a.uri, "Reachable", 1234)
     assert contact_event_from_fields({**fields, "ContactStatus": "Bogus"}) is None
+
+
+def test_a_batch_of_contact_events_gives_each_device_its_combined_status() -> None:
+    t0 = datetime(2026, 11, 29, 12, 0, 0)
+    devices = [Device(1, "dev", "OK (20 ms)", qualify="yes"), Device(2, "other", None)]
+    a = Contact("dev", "dev", "sip:d@10.0.0.1:5060", "Reachable", 20000)
+    b = Contact("dev", "dev", "sip:d@10.0.0.2:5062", "Reachable", 50000)
+
+    def event(uri: str, status: str, endpoint: str = "dev") -> ContactEvent:
+        return ContactEvent(endpoint, endpoint, uri, status, None)
+
+    batch = [
+        (t0.replace(second=1), event(a.uri, "Unreachable")),
+        (t0.replace(second=2), event("sip:x@10.9.9.9", "Reachable", "stranger")),  # no device
+        (t0.replace(second=3), event(b.uri, "Removed")),
+    ]
+    statuses, sets = apply_contact_events(devices, {1: [a, b]}, batch, None)
+    # each event applies to the contacts the one before left: b answers, then it is gone
+    assert statuses == [
+        KnownStatus("dev", t0.replace(second=1), "OK (50 ms)", "ContactStatus", "10.0.0.2", 5062),
+        KnownStatus("dev", t0.replace(second=3), "UNREACHABLE", "ContactStatus", "10.0.0.1", 5060),
+    ]
+    assert [(c.uri, c.status) for c in sets[1]] == [(a.uri, "Unreachable")]
+    assert set(sets) == {1}  # a device no event touched keeps its stored contacts
+    gone, sets = apply_contact_events(devices, {1: [a]}, [(t0, event(a.uri, "Removed"))], None)
+    assert gone == [KnownStatus("dev", t0, None, "ContactStatus")] and sets == {1: []}
+
+
+def test_contact_events_older_than_the_last_poll_are_ignored() -> None:
+    t0 = datetime(2026, 11, 29, 12, 0, 0)
+    devices = [Device(1, "dev", "OK (20 ms)", qualify="yes")]
+    a = Contact("dev", "dev", "sip:d@10.0.0.1:5060", "Reachable", 20000)
+    late = ContactEvent("dev", "dev", a.uri, "Unreachable", None)
+    statuses, sets = apply_contact_events(devices, {1: [a]}, [(t0, late)], t0.replace(second=1))
+    assert (statuses, sets) == ([], {})
 
 
 # --- through the simulator into MariaDB -----------------------------------------------
@@ -657,18 +691,16 @@ def test_contact_status_events_carry_the_fields_of_stasis_endpoints() -> None:
         assert dict(event)["ContactStatus"] == label
 
 
-def test_a_direct_event_sets_the_combined_string_or_null() -> None:
-    from mor_plugin.status import Device, DeviceState, PeerEvent, plan_events
+def test_a_known_status_sets_the_combined_string_or_null() -> None:
+    from mor_plugin.status import Device, DeviceState, KnownStatus, plan_events
 
     at = datetime(2026, 11, 29, 12, 0, 0)
     device = Device(1, "101", "OK (12 ms)", qualify="yes")
     state = DeviceState(1, 1, "ok", at, observed_at=at, ip="10.0.0.1", port=5060)
-    gone = PeerEvent("101", "ContactStatus", at.replace(second=5), direct=True, reg_status=None)
+    gone = KnownStatus("101", at.replace(second=5), None, "ContactStatus")
     plan = plan_events(1, [gone], [device], {1: state}, 3600)
     assert plan.reg_status_changes == ((1, None),)
     assert [(t.from_status, t.to_status) for t in plan.transitions] == [("ok", "none")]
-    down = PeerEvent(
-        "101", "ContactStatus", at.replace(second=6), direct=True, reg_status="UNREACHABLE"
-    )
+    down = KnownStatus("101", at.replace(second=6), "UNREACHABLE", "ContactStatus")
     plan = plan_events(1, [down], [device], {1: state}, 0)  # the hour rule applies as for chan_sip
     assert plan.reg_status_changes == ((1, "UNKNOWN"),)

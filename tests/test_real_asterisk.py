@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import MorDatabase, mor_database
-from regstatus_helpers import listening, wait_for
-from test_collector import run, summary, write_conf
+from regstatus_helpers import (
+    MorDatabase,
+    listening,
+    mor_database,
+    run,
+    summary,
+    wait_for,
+    write_conf,
+)
 
 from mor_plugin.config import load_settings
 from testbed.asterisk import (
@@ -35,9 +41,9 @@ from testbed.asterisk import (
     RealtimeDb,
     TestbedError,
     ensure_chroot,
-    mor_files,
 )
 from testbed.phones import NEVER, Phone, PhoneBank
+from testbed.server import mor_server, password_of, phone_of
 
 pytestmark = pytest.mark.mariadb
 
@@ -114,49 +120,31 @@ def _add_devices(mor: MorDatabase, chan_sip: bool) -> None:
         for device_id, (name, qualify, _, server) in enumerate(CHAN_SIP_PHONES, start=1):
             status = "OK (99 ms)" if server != SERVER else None
             mor.add_device(
-                device_id, name, server_id=server, secret=f"pw{name}", qualify=qualify,
+                device_id, name, server_id=server, secret=password_of(name), qualify=qualify,
                 reg_status=status,
             )  # fmt: skip
-        mor.add_device(105, "105", secret="pw105")
+        mor.add_device(105, "105", secret=password_of("105"))
     for offset, name in enumerate(PJSIP_NAMES, start=201):
-        mor.add_device(offset, name, secret=f"pw{name}")
+        mor.add_device(offset, name, secret=password_of(name))
 
 
 def _world(version: str, tmp_path: Path, users: tuple[AmiUser, ...] = ()) -> Iterator[World]:
-    release = RELEASES[version]
+    chan_sip = RELEASES[version].chan_sip
     with mor_database("mor_ast") as mor:
-        _add_devices(mor, release.chan_sip)
-        ports = Ports()
-        realtime = RealtimeDb(mor.name, mor.user, mor.password) if release.chan_sip else None
-        endpoints = [
-            PjsipEndpoint(name, f"pw{name}", max_contacts=2, qualify_timeout=0.5)
-            for name in PJSIP_NAMES
-        ]
-        files = mor_files(
-            release,
-            ports,
+        _add_devices(mor, chan_sip)
+        with mor_server(
+            version,
             [AmiUser("mor", AMI_SECRET), *users],
-            realtime=realtime,
-            pjsip_endpoints=endpoints,
-        )
-        ast = Asterisk(version, files, name=f"test{version}")
-        sip_bank = PhoneBank(ports.sip) if release.chan_sip else None
-        pjsip_bank = PhoneBank(ports.pjsip)
-        try:
-            ast.start()
-            if sip_bank is not None:
-                for name, _, answer, _ in CHAN_SIP_PHONES:
-                    sip_bank.add(Phone(name, f"pw{name}", answer=answer))
-                sip_bank.start().register()
-            for name, contact_user, answer in PJSIP_CONTACTS:
-                pjsip_bank.add(Phone(name, f"pw{name}", answer=answer, contact_user=contact_user))
-            pjsip_bank.start().register()
-            yield World(mor, ast, ports, sip_bank, pjsip_bank, tmp_path)
-        finally:
-            for bank in (sip_bank, pjsip_bank):
-                if bank is not None:
-                    bank.close()
-            ast.remove()
+            name=f"test{version}",
+            realtime=RealtimeDb(mor.name, mor.user, mor.password) if chan_sip else None,
+            pjsip_endpoints=[
+                PjsipEndpoint(name, password_of(name), max_contacts=2, qualify_timeout=0.5)
+                for name in PJSIP_NAMES
+            ],
+            sip_phones=[phone_of(name, answer) for name, _, answer, _ in CHAN_SIP_PHONES],
+            pjsip_phones=[phone_of(name, answer, user) for name, user, answer in PJSIP_CONTACTS],
+        ) as server:
+            yield World(mor, server.ast, server.ports, server.sip, server.pjsip, tmp_path)
 
 
 def settled16(world: World) -> dict[str, str]:

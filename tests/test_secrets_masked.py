@@ -14,15 +14,26 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import MorDatabase
-from regstatus_helpers import Receiver
-from test_collector import run, summary, write_conf
-from test_history import mor, sim  # noqa: F401 - fixtures: device 2 is a provider's
+from regstatus_helpers import (
+    WITH_A_PROVIDER,
+    CollectorWorld,
+    MorDatabase,
+    Receiver,
+    run,
+    summary,
+    write_conf,
+)
 
 from mor_plugin.config import URL_KEYS
 from mor_plugin.simulator import AmiSimulator
 
 SECRETS = ("hunter2", "t0k3n")
+
+
+@pytest.fixture
+def collector_world() -> CollectorWorld:
+    """Device 2 is a provider's: the webhook tests alert on it."""
+    return WITH_A_PROVIDER
 
 
 def _shown(tmp_path: Path, stderr: str) -> str:
@@ -71,8 +82,8 @@ def test_every_url_bearing_key_has_a_scenario() -> None:
 
 @pytest.mark.parametrize("key", URL_KEYS)
 def test_no_secret_of_a_url_reaches_stderr_the_log_or_the_state_file(
-    mor: MorDatabase,  # noqa: F811 - the fixture
-    sim: AmiSimulator,  # noqa: F811
+    mor: MorDatabase,
+    sim: AmiSimulator,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     key: str,

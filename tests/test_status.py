@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -238,6 +239,32 @@ def test_unchanged_devices_are_not_written() -> None:
     )
     assert second.reg_status_changes == ()
     assert second.state_changes == ()
+
+
+@pytest.mark.parametrize(
+    ("peer", "kept", "moved"),
+    [
+        (Peer("101", "OK (14 ms)", "10.0.0.1", 5060), {}, False),  # steady
+        (Peer("101", "OK (14 ms)"), {}, False),  # no address listed: the last one stays
+        (Peer("101", "OK (14 ms)", "10.0.0.1", 5062), {}, True),  # only the port moved
+        (Peer("101", "OK (14 ms)", "10.0.0.2", 5060), {}, True),
+        (Peer("101", "OK (14 ms)", "10.0.0.1", 5060), {"server_id": 2}, True),  # re-homed
+        (Peer("101", "OK (14 ms)", "10.0.0.1", 5060), {"unreachable_since": NOW}, True),
+    ],
+)
+def test_a_device_is_written_when_any_kept_field_moves(
+    peer: Peer, kept: dict[str, object], moved: bool
+) -> None:
+    seen = NOW - timedelta(minutes=3)
+    before = replace(state(1, "ok", ip="10.0.0.1", port=5060, last_seen=seen), **kept)
+    plan = plan_cycle(1, [peer], [Device(1, "101", "OK (12 ms)")], {1: before}, NOW, HOUR)
+    if not moved:
+        assert plan.state_changes == ()
+        return
+    (after,) = plan.state_changes
+    assert (after.server_id, after.since, after.unreachable_since) == (1, before.since, None)
+    assert (after.ip, after.port) == (peer.ip, peer.port)
+    assert (after.last_seen, after.observed_at) == (NOW, NOW)
 
 
 def test_latency_jitter_changes_the_string_but_not_the_since() -> None:

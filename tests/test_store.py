@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import MorDatabase
+from regstatus_helpers import MorDatabase
 from sqlalchemy import create_engine, inspect, text
 
 from mor_plugin import schema, store

@@ -19,14 +19,26 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import ROOT, MorDatabase
-from regstatus_helpers import Receiver, utc_now
-from test_collector import summary, write_conf
-from test_history import mor, sim  # noqa: F401 - fixtures: device 2 is a provider's
+from regstatus_helpers import (
+    ROOT,
+    WITH_A_PROVIDER,
+    CollectorWorld,
+    MorDatabase,
+    Receiver,
+    summary,
+    utc_now,
+    write_conf,
+)
 
 from mor_plugin import notify
 from mor_plugin.simulator import AmiSimulator
 from mor_plugin.status import Notified
+
+
+@pytest.fixture
+def collector_world() -> CollectorWorld:
+    """Device 2 is a provider's: the webhook tests alert on it."""
+    return WITH_A_PROVIDER
 
 
 class Trickler:
@@ -139,8 +151,8 @@ def test_a_trickling_receiver_is_cut_off_when_webhook_timeout_has_passed(
 
 
 def test_a_second_run_collects_while_the_first_one_waits_for_a_slow_receiver(
-    mor: MorDatabase,  # noqa: F811 - the fixture
-    sim: AmiSimulator,  # noqa: F811
+    mor: MorDatabase,
+    sim: AmiSimulator,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -234,8 +246,8 @@ def _conf_for(redirector: Redirector, db: MorDatabase, ami: AmiSimulator, tmp_pa
 
 
 def test_a_redirect_is_a_failed_delivery_that_goes_out_again(
-    mor: MorDatabase,  # noqa: F811
-    sim: AmiSimulator,  # noqa: F811
+    mor: MorDatabase,
+    sim: AmiSimulator,
     redirector: Redirector,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -270,8 +282,8 @@ def test_a_redirect_is_a_failed_delivery_that_goes_out_again(
 
 
 def test_a_first_down_alert_that_failed_goes_out_with_the_next_catch_up(
-    mor: MorDatabase,  # noqa: F811
-    sim: AmiSimulator,  # noqa: F811
+    mor: MorDatabase,
+    sim: AmiSimulator,
     redirector: Redirector,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

@@ -29,6 +29,8 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+import mor_plugin
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python < 3.11
@@ -40,6 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "roles" / "mor_regstatus" / "files" / "wheelhouse.py"
 LOCKS = {name: REPO / "requirements" / f"{name}.lock" for name in ("collector", "widget")}
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+#: the project's version: pyproject.toml reads it from the package (dynamic)
+VERSION = mor_plugin.__version__
 ARCH = platform.machine()
 HERE = f"{sys.version_info[0]}.{sys.version_info[1]}-{ARCH}"
 # The oldest Python of the fleet (EL8), whose wheels a 3.11 controller must still get right.
@@ -197,7 +201,7 @@ def test_each_target_folder_holds_what_the_json_says(
     houses: dict[str, tuple[Path, dict[str, Any]]], name: str
 ) -> None:
     out, summary = houses[name]
-    assert summary["version"] == PYPROJECT["version"]
+    assert summary["version"] == VERSION
     assert summary["lock_sha256"] == sha256(LOCKS[name])
     assert sorted(summary["targets"]) == sorted(TARGETS)
     for target, part in summary["targets"].items():
@@ -205,7 +209,7 @@ def test_each_target_folder_holds_what_the_json_says(
         assert folder == out / target
         assert part["files"] == sorted(os.listdir(folder))
         assert part["project_wheel"] in part["files"]
-        assert part["project_wheel"].startswith(f"mor_regstatus-{PYPROJECT['version']}-")
+        assert part["project_wheel"].startswith(f"mor_regstatus-{VERSION}-")
         assert (folder / "requirements.lock").read_bytes() == LOCKS[name].read_bytes()
     wheels = {sha256(out / t / summary["targets"][t]["project_wheel"]) for t in TARGETS}
     assert len(wheels) == 1, "every target gets the same project wheel"
@@ -394,7 +398,7 @@ def test_a_fresh_venv_installs_from_it_with_no_index(
         check=True,
     )
     installed = {canonicalize_name(k): v for k, v in json.loads(report.stdout).items()}
-    assert installed.pop("mor-regstatus") == PYPROJECT["version"]
+    assert installed.pop("mor-regstatus") == VERSION
     for project, (version, _) in applying(LOCKS[name], HERE).items():
         assert installed.get(project) == version, project
     assert (venv / "bin" / "mor-retrieve-peers").is_file()

@@ -6,38 +6,31 @@ import hashlib
 import hmac
 import json
 import re
-import socket
 import time
 from datetime import datetime, timedelta, timezone
-from html import unescape
 from pathlib import Path
-from typing import Any, Optional
 
 import pytest
-from conftest import MorDatabase
-from flask import Flask
 from flask.testing import FlaskClient
+from regstatus_helpers import (
+    KIND_OF_ID,
+    MOR_ORIGIN,
+    MorDatabase,
+    fill_world,
+    make_app,
+    signed,
+    text_of,
+)
+from regstatus_helpers import WIDGET_SECRET as SECRET
 
-from mor_plugin import schema
+from testbed.asterisk import free_port as closed_port
 from widget import ConfigError, create_app
 from widget.signing import sign_url
 
 pytestmark = pytest.mark.mariadb
 
-SECRET = "s3cret-shared-with-the-mor-gui"
-MOR_ORIGIN = "https://mor.example.com"
 NOW = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
 
-# id -> (name, reg_status, qualify); every bullet once, on server 1, user 2
-DEVICES = {
-    1: ("alice", "OK (23 ms)", "yes"),
-    2: ("bob", "LAGGED (2345 ms)", "yes"),
-    3: ("carol", "UNREACHABLE", "yes"),
-    4: ("dave", "UNKNOWN", "yes"),
-    5: ("erin", "Unmonitored", "no"),
-    6: ("frank", None, "yes"),
-}
-KIND_OF_ID = {1: "ok", 2: "lagged", 3: "unreachable", 4: "unknown", 5: "unmonitored", 6: "none"}
 FILL = {
     "ok": "#22a33a",
     "lagged": "#f5c400",
@@ -49,128 +42,15 @@ FILL = {
 
 
 @pytest.fixture(autouse=True)
-def _no_widget_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's own MOR_WIDGET_* settings must not leak into the tests."""
-    for key in (
-        "MOR_WIDGET_DB_URL",
-        "MOR_WIDGET_SECRET",
-        "MOR_WIDGET_FRAME_ANCESTORS",
-        "MOR_WIDGET_STALE_AFTER",
-        "MOR_WIDGET_REFRESH",
-        "MOR_WIDGET_CONFIG",
-    ):
-        monkeypatch.delenv(key, raising=False)
-
-
-@pytest.fixture(autouse=True)
 def fresh_now() -> None:
     """NOW is this test's start: "just now" and "2 h ago" must not drift with the suite's age."""
     global NOW
     NOW = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
-def fill_world(db: MorDatabase, last_success: Optional[datetime] = None) -> None:
-    """Two servers, users 2 and 3, every status, collector state and a wrong-server sighting."""
-    last_success = last_success or NOW
-    schema.own_metadata.create_all(db.engine)
-    db.add_server(1, hostname="ast-one")
-    db.add_server(2, hostname="ast-two")
-    db.add_user(2)
-    db.add_user(3)
-    for device_id, (name, reg_status, qualify) in DEVICES.items():
-        db.add_device(
-            device_id, name, reg_status=reg_status, qualify=qualify, description=f"{name}'s phone"
-        )
-    db.add_device(7, "other-user", reg_status="OK (5 ms)", user_id=3)
-    db.add_device(8, "fax", reg_status=None, device_type="FAX")
-    db.add_device(9, "roamer", server_id=2, reg_status=None)
-    with db.engine.begin() as conn:
-        conn.execute(
-            schema.device_state.insert(),
-            [
-                state(
-                    1,
-                    "ok",
-                    since=NOW - timedelta(hours=2),
-                    last_seen=NOW - timedelta(hours=1),
-                    ip="192.0.2.10",
-                    port=5062,
-                ),
-                state(2, "ok", since=NOW - timedelta(days=1), last_seen=NOW - timedelta(minutes=5)),
-                state(
-                    3,
-                    "unreachable",
-                    since=NOW - timedelta(minutes=7),
-                    last_seen=NOW - timedelta(minutes=8),
-                    unreachable_since=NOW - timedelta(minutes=7),
-                    ip="192.0.2.11",
-                    port=5060,
-                ),
-            ],
-        )
-        counts = {
-            "n_ok": 11,
-            "n_lagged": 12,
-            "n_unreachable": 13,
-            "n_unknown": 14,
-            "n_unmonitored": 15,
-            "n_none": 16,
-        }
-        conn.execute(
-            schema.server_state.insert().values(
-                server_id=1,
-                last_run=last_success,
-                last_success=last_success,
-                result="ok",
-                n_wrong_server=1,
-                asterisk_version="18.20.0",
-                **counts,
-            )
-        )
-    db.add_sighting(
-        9,
-        "roamer",
-        seen_on=1,
-        assigned=2,
-        reg_status="OK (40 ms)",
-        first_seen=NOW - timedelta(hours=3),
-        last_seen=NOW - timedelta(minutes=1),
-        ip="198.51.100.7",
-        port=5060,
-    )
-
-
-def state(device_id: int, status: str, **columns: Any) -> dict[str, Any]:
-    """A row of mor_regstatus_devices (every column present, for executemany)."""
-    row = {
-        "device_id": device_id,
-        "server_id": 1,
-        "status": status,
-        "last_seen": None,
-        "unreachable_since": None,
-        "ip": None,
-        "port": None,
-    }
-    row.update(columns)
-    return row
-
-
-def make_app(url: str, **settings: Any) -> Flask:
-    # no answer cache: these tests change the database and read it back at once
-    config = {
-        "MOR_WIDGET_DB_URL": url,
-        "MOR_WIDGET_FRAME_ANCESTORS": MOR_ORIGIN,
-        "MOR_WIDGET_CACHE_SECONDS": 0,
-    }
-    config.update(settings)
-    app = create_app(config)
-    app.testing = True
-    return app
-
-
 @pytest.fixture
 def world(mor_db: MorDatabase) -> MorDatabase:
-    fill_world(mor_db)
+    fill_world(mor_db, NOW)
     return mor_db
 
 
@@ -183,22 +63,6 @@ def client(world: MorDatabase) -> FlaskClient:
 @pytest.fixture
 def signed_client(world: MorDatabase) -> FlaskClient:
     return make_app(world.url, MOR_WIDGET_SECRET=SECRET).test_client()
-
-
-def signed(path: str, expires_in: int = 300, secret: str = SECRET) -> str:
-    return sign_url(path, secret, int(time.time()) + expires_in)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def text_of(html: str) -> str:
-    """The words a user reads: inline tags dropped, others a space, whitespace collapsed."""
-    inline = re.sub(r"</?(?:time|code|strong)\b[^>]*>", "", html)
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", inline)).split())
 
 
 # ---------------------------------------------------------------- device edit page iframe

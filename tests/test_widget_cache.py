@@ -21,14 +21,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import MorDatabase
 from flask import Flask
-from regstatus_helpers import listening, wait_for
+from regstatus_helpers import (
+    MorDatabase,
+    listening,
+    simulated_asterisk,
+    summary,
+    wait_for,
+    write_conf,
+)
 from sqlalchemy import event
-from test_collector import summary, write_conf
 
 from mor_plugin.config import load_settings
-from mor_plugin.simulator import AmiSimulator, SimPeer, run_in_thread
+from mor_plugin.simulator import AmiSimulator, SimPeer
 from widget import create_app
 from widget.cache import DeviceCache
 
@@ -45,7 +50,7 @@ def sim() -> Iterator[AmiSimulator]:
         SimPeer("101", "OK (12 ms)", ip="10.0.0.1", port=5060),
         SimPeer("102", "OK (30 ms)", ip="10.0.0.2", port=5060),
     ]
-    with run_in_thread(AmiSimulator(peers, version="11", username="mor", secret="s3cret")) as s:
+    with simulated_asterisk(peers, "11") as s:
         yield s
 
 

@@ -17,29 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, MorDatabase
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from test_widget import SECRET, make_app, signed, text_of
+from regstatus_helpers import ROOT, MorDatabase, make_app, signed, text_of
+from regstatus_helpers import WIDGET_SECRET as SECRET
 
 from mor_plugin import schema
+from testbed.asterisk import free_port
 from widget import ConfigError
 
 pytestmark = pytest.mark.mariadb
 
 EVIL = "<script>alert(1)</script>"
-
-
-@pytest.fixture(autouse=True)
-def _no_widget_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in (
-        "MOR_WIDGET_DB_URL",
-        "MOR_WIDGET_SECRET",
-        "MOR_WIDGET_CONFIG",
-        "MOR_WIDGET_METRICS_ALLOW",
-        "MOR_WIDGET_STALE_AFTER",
-    ):
-        monkeypatch.delenv(key, raising=False)
 
 
 def utcnow() -> datetime:
@@ -442,12 +431,6 @@ def test_metrics_answer_503_when_the_database_is_down() -> None:
 
 
 # ---------------------------------------------------------------- under gunicorn
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fetch(url: str) -> str:

@@ -29,11 +29,18 @@ from typing import Any, Callable
 
 import pymysql
 import pytest
-from conftest import MorDatabase, mor_database
 from flask import Flask
 from flask.testing import FlaskClient
+from regstatus_helpers import WIDGET_SECRET as SECRET
+from regstatus_helpers import (
+    MorDatabase,
+    clear_widget_env,
+    fill_world,
+    make_app,
+    mor_database,
+    signed,
+)
 from sqlalchemy import text
-from test_widget import SECRET, fill_world, make_app, signed
 
 from testbed.mariadb import SOCKET
 from widget import ConfigError, dbtime
@@ -45,21 +52,6 @@ MARIADB = ("127.0.0.1", 3306)
 SLACK = 0.6
 #: the bound the documentation promises for a database that does not answer
 DOCUMENTED_DB_TIMEOUT = 3.0
-ENV_KEYS = (
-    "MOR_WIDGET_DB_URL",
-    "MOR_WIDGET_SECRET",
-    "MOR_WIDGET_CONFIG",
-    "MOR_WIDGET_FRAME_ANCESTORS",
-    "MOR_WIDGET_DB_TIMEOUT",
-    "MOR_WIDGET_CACHE_SECONDS",
-    "MOR_WIDGET_CACHE_MB",
-)
-
-
-@pytest.fixture(autouse=True)
-def _no_widget_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ENV_KEYS:
-        monkeypatch.delenv(key, raising=False)
 
 
 @pytest.fixture
@@ -73,8 +65,7 @@ def shared(mariadb: None) -> Iterator[Callable[..., FlaskClient]]:
     """For tests that only read: one world for the module, one app per set of settings."""
     made: dict[tuple[tuple[str, Any], ...], Flask] = {}
     with mor_database() as db, pytest.MonkeyPatch.context() as env:
-        for key in ENV_KEYS:
-            env.delenv(key, raising=False)
+        clear_widget_env(env)
         fill_world(db)
 
         def client(**settings: Any) -> FlaskClient:

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from conftest import MorDatabase
 from flask.testing import FlaskClient
-from test_widget import SECRET, make_app, signed, text_of
+from regstatus_helpers import WIDGET_SECRET as SECRET
+from regstatus_helpers import MorDatabase, make_app, signed, text_of
 
 from mor_plugin import schema
 from widget import charts
@@ -18,12 +18,6 @@ from widget.db import History, Transition, parse_samples
 pytestmark = pytest.mark.mariadb
 
 GREEN, YELLOW, RED = "#22a33a", "#f5c400", "#db2317"
-
-
-@pytest.fixture(autouse=True)
-def _no_widget_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("MOR_WIDGET_DB_URL", "MOR_WIDGET_SECRET", "MOR_WIDGET_CONFIG"):
-        monkeypatch.delenv(key, raising=False)
 
 
 def utcnow() -> datetime:

@@ -4,34 +4,44 @@ Every figure is read from the database when Prometheus scrapes, by a custom
 collector in a registry of the app's own: no counter lives in a worker
 process, so every gunicorn worker gives the same answer (no multiprocess
 mode needed). Aggregates per server only, never a label per device. The
-names match what the collector writes for node_exporter's textfile collector
-(``mor_plugin.textfile``), so one dashboard reads either.
+families are those of :mod:`mor_plugin.metrics`, which the collector's
+node_exporter textfile (``mor_plugin.textfile``) writes too, so one dashboard
+reads either.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Callable, Optional
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from mor_plugin.status import KINDS
+from mor_plugin import metrics
 
 from .db import Database, FleetServer, is_stale
 
+#: the fleet page calls a listener connected exactly when /metrics does
+listener_up = metrics.listener_connected
 
-def listener_up(server: FleetServer, now: datetime, stale_after: float) -> bool:
-    """Connected as the listener last said, and its heartbeat is not older than ``stale_after``.
-
-    A listener that died without a word (killed, host down) leaves ``listener_connected``
-    set; its silent heartbeat gives it away.
-    """
-    if not server.listener_connected:
-        return False
-    return server.listener_seen is None or not is_stale(server.listener_seen, now, stale_after)
+#: the families of /metrics, in their order
+FAMILIES = (
+    metrics.SERVER_INFO,
+    metrics.DEVICES,
+    metrics.FLAPPING_DEVICES,
+    metrics.WRONG_SERVER_DEVICES,
+    metrics.LAST_RUN_AGE,
+    metrics.LAST_SUCCESS_AGE,
+    metrics.LAST_RUN_DURATION,
+    metrics.LAST_RUN_SUCCESS,
+    metrics.STALE,
+    metrics.LAST_RUN_TIMESTAMP,
+    metrics.LAST_SUCCESS_TIMESTAMP,
+    metrics.LISTENER_CONNECTED,
+    metrics.LISTENER_SEEN_TIMESTAMP,
+)
 
 
 class FleetCollector(Collector):
@@ -52,119 +62,35 @@ class FleetCollector(Collector):
         yield from fleet_metrics(servers, self._now(), self._stale_after())
 
 
+def _fleet_samples(
+    server: FleetServer, now: datetime, stale_after: float
+) -> Iterator[metrics.Sample]:
+    """One server's samples: the shared families, and those only the fleet has.
+
+    ``stale_after`` (``MOR_WIDGET_STALE_AFTER``) also says when a listener's heartbeat
+    is too old: the fleet page calls such a listener silent."""
+    sid = str(server.server_id)
+    info = (sid, server.hostname or "", server.asterisk_version or "")
+    yield metrics.SERVER_INFO, info, 1.0
+    yield from metrics.server_samples(server, now, stale_after)
+    if server.last_success is not None:
+        yield metrics.LAST_SUCCESS_AGE, (sid,), metrics.age(server.last_success, now)
+    stale = is_stale(server.last_success, now, stale_after)
+    yield metrics.STALE, (sid,), 1.0 if stale else 0.0
+
+
 def fleet_metrics(
     servers: Sequence[FleetServer], now: datetime, stale_after: float
 ) -> Iterator[Metric]:
     """The metric families for these servers as of ``now``."""
-    sid = ["server_id"]
-    info = GaugeMetricFamily(
-        "mor_regstatus_server_info",
-        "An Asterisk server in MOR's servers table (value 1).",
-        labels=["server_id", "hostname", "asterisk_version"],
-    )
-    devices = GaugeMetricFamily(
-        "mor_regstatus_devices",
-        "SIP devices per status, as of the collector's last run "
-        "(before its first run: as devices.reg_status says).",
-        labels=["server_id", "status"],
-    )
-    flapping = GaugeMetricFamily(
-        "mor_regstatus_flapping_devices", "Devices currently marked as flapping.", labels=sid
-    )
-    wrong = GaugeMetricFamily(
-        "mor_regstatus_wrong_server_devices",
-        "Devices registered on this server although MOR assigns them to another.",
-        labels=sid,
-    )
-    run_age = GaugeMetricFamily(
-        "mor_regstatus_last_run_age_seconds",
-        "Seconds since the collector's last run on this server (absent: never ran).",
-        labels=sid,
-    )
-    success_age = GaugeMetricFamily(
-        "mor_regstatus_last_success_age_seconds",
-        "Seconds since the collector's last successful run (absent: never succeeded).",
-        labels=sid,
-    )
-    run_duration = GaugeMetricFamily(
-        "mor_regstatus_last_run_duration_seconds",
-        "How long the collector's last run took.",
-        labels=sid,
-    )
-    result_ok = GaugeMetricFamily(
-        "mor_regstatus_last_run_success",
-        "1 when the collector's last run succeeded, else 0.",
-        labels=sid,
-    )
-    stale = GaugeMetricFamily(
-        "mor_regstatus_stale",
-        "1 when the data is stale: no success within MOR_WIDGET_STALE_AFTER, or never.",
-        labels=sid,
-    )
-    run_at = GaugeMetricFamily(
-        "mor_regstatus_last_run_timestamp_seconds",
-        "When the collector last ran (Unix time; 0: never).",
-        labels=sid,
-    )
-    success_at = GaugeMetricFamily(
-        "mor_regstatus_last_success_timestamp_seconds",
-        "When the collector last succeeded (Unix time; 0: never).",
-        labels=sid,
-    )
-    listener_seen = GaugeMetricFamily(
-        "mor_regstatus_listener_seen_timestamp_seconds",
-        "The event listener's last heartbeat (Unix time; 0: never).",
-        labels=sid,
-    )
-    listener = GaugeMetricFamily(
-        "mor_regstatus_listener_connected",
-        "1 when the AMI event listener is connected and its heartbeat is fresh, else 0.",
-        labels=sid,
-    )
+    families = {
+        family: GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
+        for family in FAMILIES
+    }
     for server in servers:
-        label = str(server.server_id)
-        info.add_metric([label, server.hostname or "", server.asterisk_version or ""], 1.0)
-        for kind in KINDS:
-            devices.add_metric([label, kind], float(server.counts.get(kind, 0)))
-        if server.flapping is not None:
-            flapping.add_metric([label], float(server.flapping))
-        if server.wrong_server is not None:
-            wrong.add_metric([label], float(server.wrong_server))
-        if server.last_run is not None:
-            run_age.add_metric([label], _age(server.last_run, now))
-            result_ok.add_metric([label], 1.0 if server.result == "ok" else 0.0)
-            run_duration.add_metric([label], (server.duration_ms or 0) / 1000)
-        if server.last_success is not None:
-            success_age.add_metric([label], _age(server.last_success, now))
-        stale.add_metric([label], 1.0 if is_stale(server.last_success, now, stale_after) else 0.0)
-        listener.add_metric([label], 1.0 if listener_up(server, now, stale_after) else 0.0)
-        run_at.add_metric([label], _epoch(server.last_run))
-        success_at.add_metric([label], _epoch(server.last_success))
-        if server.listener_connected is not None:
-            listener_seen.add_metric([label], _epoch(server.listener_seen))
-    yield from (
-        info,
-        devices,
-        flapping,
-        wrong,
-        run_age,
-        success_age,
-        run_duration,
-        result_ok,
-        stale,
-        run_at,
-        success_at,
-        listener,
-        listener_seen,
-    )
-
-
-def _epoch(moment: Optional[datetime]) -> float:
-    return moment.replace(tzinfo=timezone.utc).timestamp() if moment is not None else 0.0
-
-
-def _age(moment: datetime, now: datetime) -> float:
-    return max(0.0, round((now - moment).total_seconds(), 3))
+        for family, labels, value in _fleet_samples(server, now, stale_after):
+            families[family].add_metric(list(labels), value)
+    yield from families.values()
 
 
 def registry(db: Database, now: Callable[[], datetime], stale_after: float) -> CollectorRegistry:

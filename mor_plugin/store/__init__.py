@@ -7,11 +7,12 @@ summary — commits together or not at all, so the GUI never sees a half-written
 run nor the NULL window of the legacy collector.
 
 One module per concern: ``engine`` (connections, errors, transactions, named
-locks, the MySQL/SQLite fork), ``migrations``, ``read``, ``write`` (a run's plan),
-``servers`` (the summary rows), ``history`` (transitions, latency samples, purging),
-``contacts`` (PJSIP), ``notified`` (webhooks); ``bulk`` is the one chunked reader
-and bulk writer they all use, ``rows`` maps value classes to columns, ``fitting``
-cuts text to what MOR's columns hold. Callers use the names below.
+locks, the MySQL/SQLite fork), ``migrations``, ``read``, ``write``, ``runs`` (a
+poll's and an event batch's reads and writes, whole), ``servers`` (the summary rows),
+``history`` (transitions, latency samples, purging), ``contacts`` (PJSIP),
+``notified`` (webhooks); ``bulk`` is the one chunked reader and bulk writer they
+all use, ``rows`` maps value classes to columns, ``fitting`` cuts text to what
+MOR's columns hold. Callers use the names below.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from .read import (
     poll_observed_at,
     server_metrics,
 )
+from .runs import load_batch_inputs, load_poll_inputs, write_batch, write_poll
 from .servers import ServerRun, record_failure, write_listener_state
 from .write import write_event_plan, write_plan, write_reg_statuses, write_states
 
@@ -102,11 +104,13 @@ __all__ = [
     "in_transaction",
     "last_success",
     "latency_due",
+    "load_batch_inputs",
     "load_contact_keys",
     "load_contacts_of",
     "load_devices",
     "load_devices_named",
     "load_notified",
+    "load_poll_inputs",
     "load_qualify",
     "load_recent_transitions",
     "load_states",
@@ -121,6 +125,7 @@ __all__ = [
     "replace_contacts",
     "schema_version",
     "server_metrics",
+    "write_batch",
     "write_contacts",
     "write_event_plan",
     "write_history",
@@ -129,6 +134,7 @@ __all__ = [
     "write_lock_name",
     "write_notified",
     "write_plan",
+    "write_poll",
     "write_reg_statuses",
     "write_states",
 ]
