@@ -300,10 +300,10 @@ def test_the_poll_and_the_listener_last_observation_wins(
             time.sleep(0.6)  # the listener has it by now, and waits for the lock
             return real_load(conn, server_id)
 
-        # store.load_poll_inputs reads the devices through its own module, store.runs
-        monkeypatch.setattr(store.runs, "load_devices", slow_load)
+        # where store.load_poll_inputs looks the function up
+        monkeypatch.setattr(store.read, "load_devices", slow_load)
         cli.collect(settings)
-        monkeypatch.setattr(store.runs, "load_devices", real_load)
+        monkeypatch.setattr(store.read, "load_devices", real_load)
         assert slowed == [settings.server_id]  # the event really came while the poll ran
         wait_for(lambda: status_of(mor, 1) == "UNREACHABLE")
 

@@ -17,17 +17,9 @@ from ..plans import (
     Rules,
     listed_elsewhere_candidates,
 )
+from . import read
 from .contacts import load_contacts_of, load_qualify, replace_contacts, write_contacts
 from .history import count_recent_transitions, latency_due, load_recent_transitions
-from .read import (
-    find_devices_elsewhere,
-    last_success,
-    load_devices,
-    load_devices_named,
-    load_states,
-    load_states_of,
-    poll_observed_at,
-)
 from .servers import ServerRun
 from .write import write_event_plan, write_plan
 
@@ -44,17 +36,17 @@ def load_poll_inputs(
     """What a poll's plan needs, read in its transaction. ``own_tables`` False: the
     project's tables do not exist yet (a dry run before the first migration)."""
     server_id = rules.server_id
-    devices = load_devices(conn, server_id)
+    devices = read.load_devices(conn, server_id)
     since = observed - rules.flap.window
     return PollInputs(
         devices=devices,
-        states=load_states(conn, server_id) if own_tables else {},
+        states=read.load_states(conn, server_id) if own_tables else {},
         recent_counts=count_recent_transitions(conn, server_id, since) if own_tables else {},
         qualify=load_qualify(conn, server_id) if listing.contacts is not None else {},
-        elsewhere=find_devices_elsewhere(
+        elsewhere=read.find_devices_elsewhere(
             conn, listed_elsewhere_candidates(listing, devices), server_id
         ),
-        sample_latency=own_tables and latency_due(last_success(conn, server_id), now),
+        sample_latency=own_tables and latency_due(read.last_success(conn, server_id), now),
     )
 
 
@@ -68,16 +60,16 @@ def load_batch_inputs(
 ) -> BatchInputs:
     """What an event batch's plan needs: the devices of this server with those names, and
     what is stored of them; nothing more when no device has such a name."""
-    devices = load_devices_named(conn, rules.server_id, names)
+    devices = read.load_devices_named(conn, rules.server_id, names)
     if not devices:
         return BatchInputs()
     ids = [device.id for device in devices]
     return BatchInputs(
         devices=devices,
-        states=load_states_of(conn, ids),
+        states=read.load_states_of(conn, ids),
         recent_times=load_recent_transitions(conn, rules.server_id, earliest - rules.flap.window),
         contacts=load_contacts_of(conn, ids) if with_contacts else {},
-        not_before=poll_observed_at(conn, rules.server_id),
+        not_before=read.poll_observed_at(conn, rules.server_id),
     )
 
 
