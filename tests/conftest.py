@@ -11,6 +11,7 @@
   ``regstatus_helpers.EVERY_STATUS``, unless a test file overrides ``collector_world``
   with another, or ``mor`` and ``sim`` with a world of its own.
 - ``sqlite_url``: a SQLite file with the MOR columns the project uses (the demo's default).
+- ``apps``: ``regstatus_helpers.make_app``, its database connections closed after the test.
 - ``wheelhouse`` (the session's) and ``ansible`` (a test file's): the Ansible controller.
 - ``artifacts_dir``: where tests leave screenshots and logs for a human.
 
@@ -22,15 +23,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from ansible_runner import Ansible
+from flask import Flask
 from regstatus_helpers import (
     EVERY_STATUS,
     ROOT,
     CollectorWorld,
     MorDatabase,
     clear_widget_env,
+    make_app,
     mor_database,
     simulated_asterisk,
 )
@@ -108,6 +112,21 @@ def sqlite_url(tmp_path: Path) -> str:
     schema.mor_metadata.create_all(engine)
     engine.dispose()
     return url
+
+
+@pytest.fixture
+def apps() -> Iterator[Callable[..., Flask]]:
+    """``make_app`` whose database connections are closed after the test."""
+    made: list[Flask] = []
+
+    def make(url: str, **settings: Any) -> Flask:
+        app = make_app(url, **settings)
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["mor_widget_db"].dispose()
 
 
 @pytest.fixture(scope="session")

@@ -464,7 +464,7 @@ def fill_world(
     at ``last_success`` (default: ``now``)."""
     now = now or utc_now().replace(microsecond=0)
     last_success = last_success or now
-    schema.own_metadata.create_all(db.engine)
+    ensure_schema(db.engine, now)  # the collector's tables, as its first run makes them
     db.add_server(1, hostname="ast-one")
     db.add_server(2, hostname="ast-two")
     db.add_user(2)

@@ -25,7 +25,7 @@ import pytest
 from regstatus_helpers import ROOT, MorDatabase
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from mor_plugin import schema
+from mor_plugin import schema, store
 from widget import create_app
 from widget.demo import create_mor_app
 
@@ -150,7 +150,7 @@ def fresh_now() -> None:
 
 
 def fill(db: MorDatabase) -> None:
-    schema.own_metadata.create_all(db.engine)
+    store.migrate(db.engine, NOW)  # the collector's tables, as its first run makes them
     db.add_server(1, hostname="ast-one")
     db.add_server(2, hostname="ast-two")
     db.add_server(3, hostname="ast-three")

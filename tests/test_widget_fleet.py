@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from regstatus_helpers import ROOT, MorDatabase, make_app, signed, text_of
 from regstatus_helpers import WIDGET_SECRET as SECRET
 
-from mor_plugin import schema
+from mor_plugin import schema, store
 from testbed.asterisk import free_port
 from widget import ConfigError
 
@@ -63,7 +63,7 @@ def fleet(mor_db: MorDatabase) -> MorDatabase:
     """Server 1: fresh, listener connected. Server 2: failing for 10 min, listener gone.
     Server 3 (a hostile hostname): the collector never ran. Server 4: listener silent."""
     now = utcnow()
-    schema.own_metadata.create_all(mor_db.engine)
+    store.migrate(mor_db.engine, now)  # the collector's tables, as its first run makes them
     mor_db.add_server(1, hostname="ast-one", server_ip="10.0.0.1")
     mor_db.add_server(2, hostname="ast-two")
     mor_db.add_server(3, hostname=EVIL)

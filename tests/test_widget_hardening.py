@@ -79,21 +79,6 @@ def shared(mariadb: None) -> Iterator[Callable[..., FlaskClient]]:
             app.extensions["mor_widget_db"].dispose()
 
 
-@pytest.fixture
-def apps() -> Iterator[Callable[..., Flask]]:
-    """``make_app`` whose database connections are closed after the test."""
-    made: list[Flask] = []
-
-    def make(url: str, **settings: Any) -> Flask:
-        app = make_app(url, **settings)
-        made.append(app)
-        return app
-
-    yield make
-    for app in made:
-        app.extensions["mor_widget_db"].dispose()
-
-
 # ---------------------------------------------------------------- the device cache
 
 MANY = range(1000, 1400)  # 400 more devices: an answer for all of them is ~70 KB of JSON

@@ -11,9 +11,9 @@ from flask.testing import FlaskClient
 from regstatus_helpers import WIDGET_SECRET as SECRET
 from regstatus_helpers import MorDatabase, make_app, signed, text_of
 
-from mor_plugin import schema
+from mor_plugin import schema, store
 from widget import charts
-from widget.db import History, Transition, parse_samples
+from widget.db import History, HistoryEntry, parse_samples
 
 pytestmark = pytest.mark.mariadb
 
@@ -48,7 +48,7 @@ def now() -> datetime:
 def world(mor_db: MorDatabase, now: datetime) -> MorDatabase:
     """Device 1 went red 6 h ago for an hour, yellow 3 h ago for an hour; device 2 has no
     history; device 3 flaps."""
-    schema.own_metadata.create_all(mor_db.engine)
+    store.migrate(mor_db.engine, now)  # the collector's tables, as its first run makes them
     mor_db.add_server(1, hostname="ast-one")
     mor_db.add_device(1, "alice", reg_status="OK (23 ms)")
     mor_db.add_device(2, "bob", reg_status="OK (40 ms)")
@@ -224,8 +224,10 @@ def test_blocks_follow_the_changes_and_clip_to_the_window() -> None:
         end=t0 + timedelta(hours=4),
         before=None,
         transitions=[
-            Transition(t0 + timedelta(hours=1), "ok", "unreachable", "UNREACHABLE", None, "poll"),
-            Transition(t0 + timedelta(hours=3), "unreachable", "unknown", "UNKNOWN", None, "poll"),
+            HistoryEntry(t0 + timedelta(hours=1), "ok", "unreachable", "UNREACHABLE", None, "poll"),
+            HistoryEntry(
+                t0 + timedelta(hours=3), "unreachable", "unknown", "UNKNOWN", None, "poll"
+            ),
         ],
         latency=[],
         flapping=False,
@@ -245,7 +247,7 @@ def test_strip_ends_with_the_current_colour_when_its_change_was_not_recorded() -
     history = History(
         start=t0,
         end=t0 + timedelta(hours=4),
-        before=Transition(t0 - timedelta(hours=1), "unreachable", "ok", "OK (9 ms)", 9, "poll"),
+        before=HistoryEntry(t0 - timedelta(hours=1), "unreachable", "ok", "OK (9 ms)", 9, "poll"),
         transitions=[],
         latency=[],
         flapping=False,
@@ -331,12 +333,13 @@ def test_history_api_is_signed_like_the_rest(world: MorDatabase) -> None:
 
 def test_pages_work_before_the_history_tables_exist(world: MorDatabase) -> None:
     """A collector not yet upgraded to schema 2: no history tables, no listener columns."""
-    for table in ("mor_regstatus_history", "mor_regstatus_latency"):
+    world.execute("DELETE FROM mor_regstatus_schema WHERE version > 1")
+    for table in ("mor_regstatus_history", "mor_regstatus_latency", "mor_regstatus_contacts"):
         world.execute(f"DROP TABLE {table}")
     for table, columns in (
         ("mor_regstatus_devices", ("flapping", "flapping_since", "observed_at")),
         ("mor_regstatus_servers", ("listener_connected", "listener_seen", "listener_since")),
-        ("mor_regstatus_servers", ("observed_at",)),
+        ("mor_regstatus_servers", ("observed_at", "listener_wrote_at")),
     ):
         for column in columns:
             world.execute(f"ALTER TABLE {table} DROP COLUMN IF EXISTS {column}")

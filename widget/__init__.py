@@ -14,6 +14,7 @@ from operator import attrgetter
 from typing import Any, Optional
 
 from flask import Flask, Response, current_app, g, jsonify, render_template, request
+from flask.json.provider import DefaultJSONProvider
 from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import Forbidden, Gone, HTTPException, InternalServerError
@@ -73,7 +74,7 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
     )
     app.add_template_filter(_time_ago, "ago")
     app.add_template_filter(duration, "duration")
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
+    app.json = _DocumentedOrderJSON(app)
 
     app.register_blueprint(bp)
     app.before_request(_start_database_clock)
@@ -85,12 +86,19 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.register_error_handler(Exception, _unexpected_error)
     # MOR's web server proxies us at /mor-status/ and says so in X-Forwarded-Prefix;
     # a prefix, host or scheme that is not a plain value is dropped before ProxyFix reads it
+    # (Flask's way to add WSGI middleware, which mypy takes for overwriting a method)
     app.wsgi_app = SafeForwarded(  # type: ignore[method-assign]
         ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=1)
     )
     if not app.config["MOR_WIDGET_SECRET"]:
         log.warning("MOR_WIDGET_SECRET is not set: anyone who can reach the widget can read it")
     return app
+
+
+class _DocumentedOrderJSON(DefaultJSONProvider):
+    """Flask's JSON, its fields in the order the documentation lists them."""
+
+    sort_keys = False
 
 
 def _time_ago(moment: datetime) -> Markup:

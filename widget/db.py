@@ -1,391 +1,94 @@
-"""Read-only queries: MOR's ``devices`` joined with the collector's own tables.
+"""The widget's reads: what it shows of devices and servers, and the ``Database`` that
+reads it.
 
-The hot paths (JSON status, bullets) read only the columns they show, in one
-statement and one round trip to MySQL (autocommit: no rollback when a connection
-goes back to the pool, no ping before it is used), built once with SQLAlchemy
-Core so the compiled form is cached. The collector creates its
-own tables on its first run; until then they are missing and every query
-falls back to a variant without them (re-checked every ``RECHECK_MISSING`` s).
-Schema 2 (history, latency samples, flapping, listener state) is a second tier:
-a collector not yet upgraded leaves it missing, and only the pages that need it
-fall back (the status bullets never read it). Schema 5 adds the listener's mark
-(``CHANGE_MARKS``), without which the widget's device cache keeps devices only for
-``MOR_WIDGET_CACHE_SECONDS``.
+The hot paths (JSON status, bullets) read only the columns they show, in one statement
+and one round trip to MySQL (autocommit: no rollback when a connection goes back to the
+pool, no ping before it is used). Every statement (``widget.queries``) is picked by the
+version of the collector's tables, read once and kept (``Database.schema_version``):
+before the collector's first run the widget shows what MOR's own tables say; a schema
+not yet upgraded leaves out only what later ones add (history, PJSIP contacts, the
+listener's mark, without which the device cache keeps devices only for
+``MOR_WIDGET_CACHE_SECONDS``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, NamedTuple, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, TypeVar
 
-from pymysql.constants import FIELD_TYPE  # type: ignore[import-untyped]
+from pymysql.constants import ER, FIELD_TYPE  # type: ignore[import-untyped]
 from pymysql.converters import (  # type: ignore[import-untyped]
     conversions as pymysql_conversions,
 )
 from pymysql.converters import convert_datetime
-from sqlalchemy import (
-    and_,
-    bindparam,
-    case,
-    create_engine,
-    event,
-    false,
-    func,
-    literal,
-    not_,
-    null,
-    or_,
-    select,
-    text,
-    true,
-)
-from sqlalchemy.engine import Connection, Engine, Row, make_url
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, Row, RowMapping, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Executable
 
-from mor_plugin import schema
-from mor_plugin.status import (
-    KINDS,
-    LAGGED,
-    NONE,
-    OK,
-    SEEN_KINDS,
-    UNKNOWN,
-    UNMONITORED,
-    UNREACHABLE,
-    kind_of,
-    latency_ms,
-)
+from mor_plugin import schema, store
+from mor_plugin.status import KINDS, SEEN_KINDS, kind_of, latency_ms
 
 from . import dbtime
+from .queries import (
+    ALL_COUNTS_ONLY,
+    ALL_COUNTS_WITH_STATE,
+    BRIEFS_ONLY,
+    BRIEFS_WITH_STATE,
+    CHANGE_MARKS,
+    CONTACTS,
+    CONTACTS_OF_DEVICE,
+    DEVICES_ONLY,
+    DEVICES_WITH_STATE,
+    FLAPPING,
+    HISTORY,
+    HISTORY_BEFORE,
+    HISTORY_IN_WINDOW,
+    LATENCY_IN_WINDOW,
+    LIVE_COUNTS_OF_SERVERS,
+    MARKS,
+    OWN,
+    SERVER_EXISTS,
+    SERVER_LIVE_COUNTS,
+    SERVER_ONLY,
+    SERVER_WITH_STATE,
+    USER_COUNTS_ONLY,
+    USER_COUNTS_WITH_STATE,
+    WRONG_SERVER,
+    device_list_statements,
+    fleet_statement,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 log = logging.getLogger(__name__)
 
-RECHECK_MISSING = 30.0
 POOL_RECYCLE = 1800  # below MySQL's default wait_timeout of 8 h, and below most proxies'
-# MySQL/MariaDB ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR (a schema-2 column not yet added)
-MISSING_TABLE_CODES = (1146, 1054)
-#: the tiers of the collector's tables a query may need
-OWN = "own"  # schema 1: device state, server runs, wrong-server sightings
-HISTORY = "history"  # schema 2: history, latency samples, flapping, listener state
-CONTACTS = "contacts"  # schema 3: PJSIP contacts
-MARKS = "change-mark"  # schema 5: the listener's mark of a server's changes
+#: seconds between reads of the collector's schema version while it is below the latest
+SCHEMA_RECHECK = 5.0
 
-_d = schema.devices
-_srv = schema.servers
-_st = schema.device_state
-_run = schema.server_state
-_ws = schema.wrong_server
-_hist = schema.history
-_lat = schema.latency
-_con = schema.contacts
-
-_DEVICE_COLUMNS = (
-    _d.c.id,
-    _d.c.name,
-    _d.c.description,
-    _d.c.user_id,
-    _d.c.server_id,
-    _d.c.device_type,
-    _d.c.qualify,
-    _d.c.reg_status,
-)
-_STATE_COLUMNS = (
-    _st.c.status.label("state_status"),
-    _st.c.since,
-    _st.c.last_seen,
-    _st.c.unreachable_since,
-    _st.c.ip,
-    _st.c.port,
-    _run.c.last_run,
-    _run.c.last_success,
-    _run.c.result,
-)
-_STATE_NAMES = [column.name for column in _STATE_COLUMNS]
-
-#: a device with its state and its server's last run
-_WITH_STATE = _d.outerjoin(_st, _st.c.device_id == _d.c.id).outerjoin(
-    _run, _run.c.server_id == _d.c.server_id
-)
-DEVICES_WITH_STATE = (
-    select(*_DEVICE_COLUMNS, *_STATE_COLUMNS)
-    .select_from(_WITH_STATE)
-    .where(_d.c.id.in_(bindparam("ids", expanding=True)))
-)
-DEVICES_ONLY = select(*_DEVICE_COLUMNS, *(null().label(name) for name in _STATE_NAMES)).where(
-    _d.c.id.in_(bindparam("ids", expanding=True))
-)
-#: what a bullet and the JSON API show of a device, and nothing more: decoding columns is
-#: most of what a list of 100 devices costs the widget (PyMySQL is pure Python)
-_BRIEF_COLUMNS = (_d.c.id, _d.c.name, _d.c.server_id, _d.c.reg_status)
-_BRIEF_STATE_COLUMNS = (
-    _st.c.status.label("state_status"),
-    _st.c.since,
-    _st.c.last_seen,
-    _run.c.last_success,
-)
-BRIEFS_WITH_STATE = (
-    select(*_BRIEF_COLUMNS, *_BRIEF_STATE_COLUMNS)
-    .select_from(_WITH_STATE)
-    .where(_d.c.id.in_(bindparam("ids", expanding=True)))
-)
-BRIEFS_ONLY = select(
-    *_BRIEF_COLUMNS, *(null().label(column.name) for column in _BRIEF_STATE_COLUMNS)
-).where(_d.c.id.in_(bindparam("ids", expanding=True)))
-
-_seen_on = _srv.alias("seen_on")
-_assigned = _srv.alias("assigned")
-WRONG_SERVER = (
-    select(
-        _ws.c.seen_on_server_id,
-        _ws.c.assigned_server_id,
-        _ws.c.reg_status,
-        _ws.c.ip,
-        _ws.c.port,
-        _ws.c.last_seen,
-        _seen_on.c.hostname.label("seen_on_hostname"),
-        _assigned.c.hostname.label("assigned_hostname"),
-    )
-    .select_from(
-        _ws.outerjoin(_seen_on, _seen_on.c.id == _ws.c.seen_on_server_id).outerjoin(
-            _assigned, _assigned.c.id == _ws.c.assigned_server_id
-        )
-    )
-    .where(_ws.c.device_id == bindparam("device_id"))
-    .order_by(_ws.c.last_seen.desc())
-)
-
-_sip = _d.c.device_type == "SIP"
-
-#: what moves, in the same transaction, whenever a server's devices are written: every
-#: successful poll (last_success, and observed_at to the microsecond) and every listener
-#: batch that changed one (listener_wrote_at)
-CHANGE_MARKS = select(
-    _run.c.server_id,
-    _run.c.last_success,
-    _run.c.observed_at,
-    _run.c.listener_wrote_at,
-    _run.c.listener_connected,
-)
+T = TypeVar("T")
+D = TypeVar("D", bound="DataclassInstance")
 
 
-def _counts_with_state(where: Any) -> Any:
-    return (
-        select(
-            _d.c.reg_status,
-            func.count().label("n"),
-            func.min(_run.c.last_success).label("oldest_success"),
-            func.sum(case((_run.c.last_success.is_(None), 1), else_=0)).label("never"),
-        )
-        .select_from(_d.outerjoin(_run, _run.c.server_id == _d.c.server_id))
-        .where(where)
-        .group_by(_d.c.reg_status)
-    )
+@functools.cache
+def _field_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
 
 
-def _counts_only(where: Any) -> Any:
-    return (
-        select(
-            _d.c.reg_status,
-            func.count().label("n"),
-            null().label("oldest_success"),
-            func.count().label("never"),
-        )
-        .where(where)
-        .group_by(_d.c.reg_status)
-    )
-
-
-_user_sip = (_d.c.user_id == bindparam("user_id")) & _sip
-USER_COUNTS_WITH_STATE = _counts_with_state(_user_sip)
-USER_COUNTS_ONLY = _counts_only(_user_sip)
-ALL_COUNTS_WITH_STATE = _counts_with_state(_sip)
-ALL_COUNTS_ONLY = _counts_only(_sip)
-
-#: the columns of mor_regstatus_servers in schema 1 (later ones may be missing)
-_RUN_V1_COLUMNS = tuple(
-    _run.c[name]
-    for name in (
-        "last_run",
-        "last_success",
-        "result",
-        "duration_ms",
-        "peers",
-        "changed",
-        *schema.COUNT_COLUMNS.values(),
-        "n_wrong_server",
-        "asterisk_version",
-    )
-)
-SERVER_WITH_STATE = (
-    select(_srv.c.id, _srv.c.hostname, *_RUN_V1_COLUMNS)
-    .select_from(_srv.outerjoin(_run, _run.c.server_id == _srv.c.id))
-    .where(_srv.c.id == bindparam("server_id"))
-)
-SERVER_ONLY = select(_srv.c.id, _srv.c.hostname, literal(None).label("last_run")).where(
-    _srv.c.id == bindparam("server_id")
-)
-SERVER_LIVE_COUNTS = (
-    select(_d.c.reg_status, func.count().label("n"))
-    .where((_d.c.server_id == bindparam("server_id")) & (_d.c.device_type == "SIP"))
-    .group_by(_d.c.reg_status)
-)
-
-
-# --- schema 2: history of one device ---------------------------------------------
-
-_TRANSITION_COLUMNS = (
-    _hist.c.at,
-    _hist.c.from_status,
-    _hist.c.to_status,
-    _hist.c.reg_status,
-    _hist.c.latency_ms,
-    _hist.c.source,
-)
-_of_device = _hist.c.device_id == bindparam("device_id")
-TRANSITIONS_IN_WINDOW = (
-    select(*_TRANSITION_COLUMNS)
-    .where(_of_device & _hist.c.at.between(bindparam("start"), bindparam("end")))
-    .order_by(_hist.c.at, _hist.c.id)
-)
-#: the last change before the window: the colour the window starts with
-TRANSITION_BEFORE = (
-    select(*_TRANSITION_COLUMNS)
-    .where(_of_device & (_hist.c.at < bindparam("start")))
-    .order_by(_hist.c.at.desc(), _hist.c.id.desc())
-    .limit(1)
-)
-LATENCY_IN_WINDOW = (
-    select(_lat.c.hour, _lat.c.samples)
-    .where(
-        (_lat.c.device_id == bindparam("device_id"))
-        & _lat.c.hour.between(bindparam("first_hour"), bindparam("end"))
-    )
-    .order_by(_lat.c.hour)
-)
-FLAPPING = select(_st.c.flapping, _st.c.flapping_since).where(
-    _st.c.device_id == bindparam("device_id")
-)
-
-# --- schema 3: the PJSIP contacts of one device ----------------------------------------
-
-CONTACTS_OF_DEVICE = (
-    select(_con.c.uri, _con.c.user_agent, _con.c.roundtrip_usec, _con.c.status, _con.c.via)
-    .where(_con.c.device_id == bindparam("device_id"))
-    .order_by(_con.c.seq)
-)
-
-
-@dataclass(frozen=True)
-class ContactRow:
-    """One PJSIP contact of a device, as the status page lists it."""
-
-    uri: str
-    user_agent: str
-    roundtrip_usec: Optional[int]
-    status: str
-    via: Optional[str]
-
-    @property
-    def roundtrip_ms(self) -> Optional[str]:
-        """The round trip in ms, one decimal below 10 ms; None when Asterisk said N/A."""
-        if self.roundtrip_usec is None or self.status != "Reachable":
-            return None
-        ms = self.roundtrip_usec / 1000
-        return f"{ms:.1f}" if ms < 10 else str(round(ms))
-
-
-# --- the fleet: every Asterisk server ----------------------------------------------
-
-LISTENER_COLUMNS = ("listener_connected", "listener_seen", "listener_since")
-_flapping_per_server = (
-    select(_st.c.server_id, func.count().label("n_flapping"))
-    .where(_st.c.flapping == true())
-    .group_by(_st.c.server_id)
-    .subquery("flapping_per_server")
-)
-_SERVER_COLUMNS = (_srv.c.id, _srv.c.hostname, _srv.c.server_ip)
-FLEET_WITH_HISTORY = (
-    select(
-        *_SERVER_COLUMNS,
-        *_RUN_V1_COLUMNS,
-        *(_run.c[name] for name in LISTENER_COLUMNS),
-        func.coalesce(_flapping_per_server.c.n_flapping, 0).label("n_flapping"),
-    )
-    .select_from(
-        _srv.outerjoin(_run, _run.c.server_id == _srv.c.id).outerjoin(
-            _flapping_per_server, _flapping_per_server.c.server_id == _srv.c.id
-        )
-    )
-    .order_by(_srv.c.id)
-)
-FLEET_WITH_STATE = (
-    select(
-        *_SERVER_COLUMNS,
-        *_RUN_V1_COLUMNS,
-        *(null().label(name) for name in LISTENER_COLUMNS),
-        null().label("n_flapping"),
-    )
-    .select_from(_srv.outerjoin(_run, _run.c.server_id == _srv.c.id))
-    .order_by(_srv.c.id)
-)
-FLEET_ONLY = select(
-    *_SERVER_COLUMNS,
-    *(null().label(c.name) for c in _RUN_V1_COLUMNS),
-    *(null().label(name) for name in LISTENER_COLUMNS),
-    null().label("n_flapping"),
-).order_by(_srv.c.id)
-#: counts of servers whose collector never ran, from what ``devices`` says now
-LIVE_COUNTS_OF_SERVERS = (
-    select(_d.c.server_id, _d.c.reg_status, func.count().label("n"))
-    .where(
-        _d.c.server_id.in_(bindparam("server_ids", expanding=True)) & (_d.c.device_type == "SIP")
-    )
-    .group_by(_d.c.server_id, _d.c.reg_status)
-)
-
-# --- one server's devices, by status ------------------------------------------------
-
-#: device-list filters beyond the six kinds
-FLAPPING_FILTER = "flapping"
-WRONG_SERVER_FILTER = "wrong_server"
-DEVICE_FILTERS = (*KINDS, FLAPPING_FILTER, WRONG_SERVER_FILTER)
-
-
-def kind_condition(kind: str) -> Any:
-    """SQL for ``kind_of(devices.reg_status) == kind`` (MOR's prefix rules).
-
-    MySQL compares case-insensitively under its default collations; the
-    collector writes Asterisk's exact strings, so this only matters for rows
-    some other tool wrote in another case.
-    """
-    rs = _d.c.reg_status
-    rules = {
-        OK: rs.like("OK%"),
-        LAGGED: rs.like("LAGGED%"),
-        UNREACHABLE: rs == "UNREACHABLE",
-        UNKNOWN: rs == "UNKNOWN",
-        UNMONITORED: rs == "Unmonitored",
-    }
-    if kind == NONE:
-        return or_(rs.is_(None), not_(or_(*rules.values())))
-    return rules[kind]
-
-
-_LIST_COLUMNS = (
-    _d.c.id,
-    _d.c.name,
-    _d.c.description,
-    _d.c.user_id,
-    _d.c.server_id,
-    _d.c.reg_status,
-)
-_on_server = (_d.c.server_id == bindparam("server_id")) & (_d.c.device_type == "SIP")
-SERVER_EXISTS = select(_srv.c.id).where(_srv.c.id == bindparam("server_id"))
+def from_row(cls: type[D], row: RowMapping, **computed: Any) -> D:
+    """A ``cls`` whose fields are the row's columns of the same names, but for those
+    ``computed`` from it."""
+    values = {name: row[name] for name in _field_names(cls) if name not in computed}
+    return cls(**values, **computed)
 
 
 def utcnow() -> datetime:
@@ -470,28 +173,16 @@ def device_brief(row: Sequence[Any]) -> DeviceBrief:
     )
 
 
-def device_status(row: Mapping[Any, Any]) -> DeviceStatus:
+def device_status(row: RowMapping) -> DeviceStatus:
     """A joined row as the user should read it (see ``_since`` and ``_last_seen``)."""
     kind = kind_of(row["reg_status"])
-    return DeviceStatus(
-        id=row["id"],
-        name=row["name"],
-        description=row["description"],
-        user_id=row["user_id"],
-        server_id=row["server_id"],
-        device_type=row["device_type"],
-        qualify=row["qualify"],
-        reg_status=row["reg_status"],
+    return from_row(
+        DeviceStatus,
+        row,
         kind=kind,
         latency_ms=latency_ms(row["reg_status"]),
         since=_since(kind, row["state_status"], row["since"]),
         last_seen=_last_seen(kind, row["last_seen"], row["last_success"]),
-        unreachable_since=row["unreachable_since"],
-        ip=row["ip"],
-        port=row["port"],
-        last_run=row["last_run"],
-        last_success=row["last_success"],
-        run_result=row["result"],
     )
 
 
@@ -539,7 +230,7 @@ def count_kinds(rows: Iterable[tuple[Optional[str], int]]) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
-class Transition:
+class HistoryEntry:
     """One change of a device's bullet, as the collector logged it."""
 
     at: datetime
@@ -557,8 +248,8 @@ class History:
     start: datetime
     end: datetime
     #: the last change before ``start`` (None: none logged)
-    before: Optional[Transition]
-    transitions: list[Transition]
+    before: Optional[HistoryEntry]
+    transitions: list[HistoryEntry]
     latency: list[tuple[datetime, int]]
     flapping: bool
     flapping_since: Optional[datetime]
@@ -616,97 +307,47 @@ class DevicePage:
     devices: list[ListedDevice]
 
 
-def fleet_server(
-    row: Mapping[Any, Any], live: Optional[list[tuple[Optional[str], int]]]
-) -> FleetServer:
+def fleet_server(row: RowMapping, live: Optional[list[tuple[Optional[str], int]]]) -> FleetServer:
     """A fleet row; counts as of the last run, or from ``devices`` before the first one."""
     if live is None:
         counts = {kind: int(row[column] or 0) for kind, column in schema.COUNT_COLUMNS.items()}
     else:
         counts = count_kinds(live)
-    connected = row["listener_connected"]
-    return FleetServer(
-        server_id=row["id"],
-        hostname=row["hostname"],
-        server_ip=row["server_ip"],
-        last_run=row["last_run"],
-        last_success=row["last_success"],
-        result=row["result"],
-        duration_ms=row["duration_ms"],
-        asterisk_version=row["asterisk_version"],
+    flapping, connected = row["n_flapping"], row["listener_connected"]
+    return from_row(
+        FleetServer,
+        row,
         counts=counts,
-        wrong_server=row["n_wrong_server"],
-        flapping=None if row["n_flapping"] is None else int(row["n_flapping"]),
+        flapping=None if flapping is None else int(flapping),
         listener_connected=None if connected is None else bool(connected),
-        listener_seen=row["listener_seen"],
-        listener_since=row["listener_since"],
     )
 
 
-_NO_STATE_COLUMNS = (null().label("since"), null().label("last_seen"), null().label("state_status"))
-
-
-def device_list_statements(status: Optional[str], tier: Optional[str]) -> tuple[Any, Any]:
-    """(rows, count) statements for a server's device list with the tables of ``tier``."""
-    if status == WRONG_SERVER_FILTER:
-        # registered on this server, assigned to another: as seen here
-        columns: tuple[Any, ...] = (
-            *(c for c in _LIST_COLUMNS if c.name != "reg_status"),
-            _ws.c.reg_status,
-            _ws.c.first_seen.label("since"),
-            _ws.c.last_seen,
-            literal(None).label("state_status"),
-        )
-        source: Any = _d.join(_ws, _ws.c.device_id == _d.c.id)
-        where: Any = (_ws.c.seen_on_server_id == bindparam("server_id")) & (
-            _d.c.device_type == "SIP"
-        )
-        if tier is None:
-            where = false()
-            source = _d
-            columns = (*_LIST_COLUMNS, *_NO_STATE_COLUMNS)
-    else:
-        where = _on_server
-        if status in KINDS:
-            where = and_(where, kind_condition(status))
-        if tier is None:
-            source = _d
-            columns = (*_LIST_COLUMNS, *_NO_STATE_COLUMNS)
-            if status == FLAPPING_FILTER:
-                where = false()
-        else:
-            source = _d.outerjoin(_st, _st.c.device_id == _d.c.id)
-            columns = (
-                *_LIST_COLUMNS,
-                _st.c.since,
-                _st.c.last_seen,
-                _st.c.status.label("state_status"),
-            )
-            if status == FLAPPING_FILTER:
-                where = and_(where, _st.c.flapping == true()) if tier == HISTORY else false()
-    rows = select(*columns).select_from(source).where(where).order_by(_d.c.id)
-    count = select(func.count()).select_from(source).where(where)
-    return rows, count
-
-
-def listed_device(row: Mapping[Any, Any]) -> ListedDevice:
+def listed_device(row: RowMapping) -> ListedDevice:
     kind = kind_of(row["reg_status"])
     state_status = row["state_status"]
-    return ListedDevice(
-        id=row["id"],
-        name=row["name"],
-        description=row["description"],
-        user_id=row["user_id"],
-        server_id=row["server_id"],
-        reg_status=row["reg_status"],
-        kind=kind,
-        # "since" belongs to the colour the collector recorded (see device_status)
-        since=row["since"] if state_status is None or state_status == kind else None,
-        last_seen=row["last_seen"],
-    )
+    # "since" belongs to the colour the collector recorded (see device_status)
+    since = row["since"] if state_status is None or state_status == kind else None
+    return from_row(ListedDevice, row, kind=kind, since=since)
 
 
-T = TypeVar("T")
+@dataclass(frozen=True)
+class ContactRow:
+    """One PJSIP contact of a device, as the status page lists it."""
+
+    uri: str
+    user_agent: str
+    roundtrip_usec: Optional[int]
+    status: str
+    via: Optional[str]
+
+    @property
+    def roundtrip_ms(self) -> Optional[str]:
+        """The round trip in ms, one decimal below 10 ms; None when Asterisk said N/A."""
+        if self.roundtrip_usec is None or self.status != "Reachable":
+            return None
+        ms = self.roundtrip_usec / 1000
+        return f"{ms:.1f}" if ms < 10 else str(round(ms))
 
 
 def fast_datetime(value: Any) -> Any:
@@ -732,12 +373,40 @@ FAST_CONVERSIONS = {
 }
 
 
-def _is_missing_table(error: DBAPIError) -> bool:
-    args = getattr(error.orig, "args", ())
-    if args and args[0] in MISSING_TABLE_CODES:
-        return True
-    message = str(error.orig)
-    return "no such table" in message or "no such column" in message
+_PING = text("SELECT 1")
+
+
+class _SchemaSeen(NamedTuple):
+    """The collector's schema version as read at ``read_at`` (``time.monotonic()``)."""
+
+    version: int
+    read_at: float
+    #: the database refused to let the widget's user read it (then 0)
+    denied: bool = False
+
+
+def _log_schema(seen: _SchemaSeen) -> None:
+    table = schema.schema_version.name
+    if seen.denied:
+        log.warning(
+            "the widget's database user may not read %s (after the collector's first run, "
+            "GRANT SELECT on it): showing only what MOR's own tables say",
+            table,
+        )
+    elif seen.version == 0:
+        log.warning(
+            "the collector's tables are missing (has it run yet?): "
+            "showing only what MOR's own tables say"
+        )
+    elif seen.version < store.LATEST_VERSION:
+        log.warning(
+            "the collector's tables are at schema %d, this widget reads up to %d: "
+            "the pages leave out what the later ones add",
+            seen.version,
+            store.LATEST_VERSION,
+        )
+    else:
+        log.info("the collector's tables are at schema %d", seen.version)
 
 
 class Database:
@@ -753,8 +422,8 @@ class Database:
         self._request_timeout = request_timeout
         self._engine: Optional[Engine] = None
         self._lock = threading.Lock()
-        #: tier (OWN, HISTORY) -> when a query found its tables missing (monotonic)
-        self._missing_since: dict[str, float] = {}
+        #: the collector's schema version as last read (see ``schema_version``)
+        self._schema: Optional[_SchemaSeen] = None
 
     @property
     def engine(self) -> Engine:
@@ -806,35 +475,37 @@ class Database:
         if self._engine is not None:
             self._engine.dispose()
 
-    def _first_available(self, *variants: tuple[Optional[str], Callable[[Connection], T]]) -> T:
-        """The first variant whose tables exist; each names the tier it needs (None: MOR's only).
+    def schema_version(self) -> int:
+        """The version of the collector's tables, which picks every statement (see
+        ``widget.queries``).
 
-        A tier found missing is skipped for ``RECHECK_MISSING`` s, then tried again.
+        Read once and kept: the latest version this code knows (or a newer one) is final,
+        so no request costs a query for it. One below that is read again every
+        ``SCHEMA_RECHECK`` s, because the collector may create or upgrade its tables while
+        the widget runs (its first run; ``--migrate`` before a new release).
         """
-        for tier, query in variants:
-            if tier is not None:
-                missing_since = self._missing_since.get(tier)
-                if missing_since is not None and (
-                    time.monotonic() - missing_since < RECHECK_MISSING
-                ):
-                    continue
-            try:
-                result = self._run(query)
-            except DBAPIError as error:
-                if tier is None or not _is_missing_table(error):
-                    raise
-                if tier not in self._missing_since:
-                    log.warning(
-                        "the collector's %s tables are missing (has it run yet?): %s",
-                        tier,
-                        str(error.orig).splitlines()[0],
-                    )
-                self._missing_since[tier] = time.monotonic()
-                continue
-            if tier is not None:
-                self._missing_since.pop(tier, None)
-            return result
-        raise LookupError("every query variant needs tables that are missing")
+        seen = self._schema
+        if seen is not None and (
+            seen.version >= store.LATEST_VERSION or time.monotonic() - seen.read_at < SCHEMA_RECHECK
+        ):
+            return seen.version
+        fresh = self._read_schema_version()
+        if seen is None or (fresh.version, fresh.denied) != (seen.version, seen.denied):
+            _log_schema(fresh)
+        self._schema = fresh
+        return fresh.version
+
+    def _read_schema_version(self) -> _SchemaSeen:
+        read_at = time.monotonic()
+        try:
+            return _SchemaSeen(self._run(store.schema_version), read_at)
+        except DBAPIError as error:
+            # MySQL denies a table it does not grant whether or not it exists: a user with
+            # only the documented GRANTs before the collector's first run, or without the
+            # one on the schema table
+            if getattr(error.orig, "args", (None,))[0] != ER.TABLEACCESS_DENIED_ERROR:
+                raise
+            return _SchemaSeen(0, read_at, denied=True)
 
     def _run(self, query: Callable[[Connection], T]) -> T:
         """``query`` on a pooled connection; once more on a new one when the first was dead
@@ -850,29 +521,26 @@ class Database:
         with self.engine.connect() as conn:
             return query(conn)
 
-    def _with_own_tables(
-        self, with_state: Callable[[Connection], T], without: Callable[[Connection], T]
-    ) -> T:
-        return self._first_available((OWN, with_state), (None, without))
+    def _rows(self, statement: Executable, **params: Any) -> Sequence[Row[Any]]:
+        """Every row of one statement, in one round trip (see ``_run``)."""
+        return self._run(lambda conn: conn.execute(statement, params).all())
 
     def ping(self) -> None:
-        self._run(lambda conn: conn.execute(text("SELECT 1")))
+        self._rows(_PING)
 
     def _by_id(
-        self, ids: Sequence[int], with_state: Any, without: Any, make: Callable[[Row[Any]], T]
+        self,
+        ids: Sequence[int],
+        with_state: Executable,
+        without: Executable,
+        make: Callable[[Row[Any]], T],
     ) -> dict[int, T]:
         """The devices among ``ids`` that exist, each row made into a value, by id (the
-        statements' first column); ``without`` while the collector's tables are missing."""
+        statements' first column); ``without`` before the collector's first run."""
         if not ids:
             return {}
-
-        def run(statement: Any) -> Callable[[Connection], dict[int, T]]:
-            def query(conn: Connection) -> dict[int, T]:
-                return {row[0]: make(row) for row in conn.execute(statement, {"ids": list(ids)})}
-
-            return query
-
-        return self._with_own_tables(run(with_state), run(without))
+        statement = with_state if self.schema_version() >= OWN else without
+        return {row[0]: make(row) for row in self._rows(statement, ids=list(ids))}
 
     def devices(self, ids: Sequence[int]) -> dict[int, DeviceStatus]:
         """The devices among ``ids`` that exist, by id."""
@@ -887,153 +555,102 @@ class Database:
     def change_marks(self) -> Optional[dict[int, tuple[Any, ...]]]:
         """Each server's mark (see ``CHANGE_MARKS``), of the servers that have one; None
         before schema 5."""
-
-        def query(conn: Connection) -> Optional[dict[int, tuple[Any, ...]]]:
-            return {
-                server_id: (last_success, observed_at, wrote_at)
-                for server_id, last_success, observed_at, wrote_at, connected in conn.execute(
-                    CHANGE_MARKS
-                )
-                # a listener that is connected and never marked a write may be of a version
-                # before schema 5, which writes without marking: this server has no mark
-                if wrote_at is not None or not connected
-            }
-
-        return self._first_available((MARKS, query), (None, lambda conn: None))
+        if self.schema_version() < MARKS:
+            return None
+        return {
+            server_id: (last_success, observed_at, wrote_at)
+            for server_id, last_success, observed_at, wrote_at, connected in self._rows(
+                CHANGE_MARKS
+            )
+            # a listener that is connected and never marked a write may be of a version
+            # before schema 5, which writes without marking: this server has no mark
+            if wrote_at is not None or not connected
+        }
 
     def wrong_server(self, device_id: int) -> list[WrongServerSighting]:
-        def with_state(conn: Connection) -> list[WrongServerSighting]:
-            rows = conn.execute(WRONG_SERVER, {"device_id": device_id}).mappings()
-            return [WrongServerSighting(**row) for row in rows]
-
-        return self._with_own_tables(with_state, lambda conn: [])
+        if self.schema_version() < OWN:
+            return []
+        rows = self._rows(WRONG_SERVER, device_id=device_id)
+        return [from_row(WrongServerSighting, row._mapping) for row in rows]
 
     def user_counts(self, user_id: Optional[int]) -> Counts:
         """The SIP devices of one user per kind; of every user when ``user_id`` is None."""
-
-        def run(statement: Any) -> Callable[[Connection], Counts]:
-            def query(conn: Connection) -> Counts:
-                rows = conn.execute(statement, {"user_id": user_id}).all()
-                oldest = [row.oldest_success for row in rows if row.oldest_success is not None]
-                return Counts(
-                    counts=count_kinds((row.reg_status, row.n) for row in rows),
-                    oldest_success=min(oldest) if oldest else None,
-                    never_collected=sum(int(row.never or 0) for row in rows),
-                )
-
-            return query
-
+        own = self.schema_version() >= OWN
         if user_id is None:
-            return self._with_own_tables(run(ALL_COUNTS_WITH_STATE), run(ALL_COUNTS_ONLY))
-        return self._with_own_tables(run(USER_COUNTS_WITH_STATE), run(USER_COUNTS_ONLY))
+            rows = self._rows(ALL_COUNTS_WITH_STATE if own else ALL_COUNTS_ONLY)
+        else:
+            rows = self._rows(USER_COUNTS_WITH_STATE if own else USER_COUNTS_ONLY, user_id=user_id)
+        oldest = [row.oldest_success for row in rows if row.oldest_success is not None]
+        return Counts(
+            counts=count_kinds((row.reg_status, row.n) for row in rows),
+            oldest_success=min(oldest) if oldest else None,
+            never_collected=sum(int(row.never or 0) for row in rows),
+        )
 
     def server_summary(self, server_id: int) -> Optional[ServerSummary]:
         """The collector's last run on a server and its counts; None for an unknown server."""
-
-        def run(statement: Any) -> Callable[[Connection], Optional[ServerSummary]]:
-            def query(conn: Connection) -> Optional[ServerSummary]:
-                row = conn.execute(statement, {"server_id": server_id}).mappings().first()
-                if row is None:
-                    return None
-                if row["last_run"] is not None:
-                    counts = {
-                        kind: int(row[column]) for kind, column in schema.COUNT_COLUMNS.items()
-                    }
-                else:  # the collector never ran here: count what devices says now
-                    live = conn.execute(SERVER_LIVE_COUNTS, {"server_id": server_id}).all()
-                    counts = count_kinds((r.reg_status, r.n) for r in live)
-                return ServerSummary(
-                    server_id=row["id"],
-                    hostname=row["hostname"],
-                    last_run=row["last_run"],
-                    last_success=row.get("last_success"),
-                    result=row.get("result"),
-                    asterisk_version=row.get("asterisk_version"),
-                    wrong_server=row.get("n_wrong_server"),
-                    counts=counts,
-                )
-
-            return query
-
-        return self._with_own_tables(run(SERVER_WITH_STATE), run(SERVER_ONLY))
+        statement = SERVER_WITH_STATE if self.schema_version() >= OWN else SERVER_ONLY
+        found = self._rows(statement, server_id=server_id)
+        if not found:
+            return None
+        row = found[0]._mapping
+        if row["last_run"] is not None:
+            counts = {kind: int(row[column]) for kind, column in schema.COUNT_COLUMNS.items()}
+        else:  # the collector never ran here: count what devices says now
+            live = self._rows(SERVER_LIVE_COUNTS, server_id=server_id)
+            counts = count_kinds((r.reg_status, r.n) for r in live)
+        return from_row(ServerSummary, row, counts=counts)
 
     def history(self, device_id: int, start: datetime, end: datetime) -> History:
         """Changes and latency samples of one device between ``start`` and ``end``."""
-        window = {"device_id": device_id, "start": start, "end": end}
-
-        def query(conn: Connection) -> History:
-            before = conn.execute(TRANSITION_BEFORE, window).first()
-            rows = conn.execute(TRANSITIONS_IN_WINDOW, window).all()
-            first_hour = start.replace(minute=0, second=0, microsecond=0)
-            latency = [
-                (at, ms)
-                for row in conn.execute(LATENCY_IN_WINDOW, {**window, "first_hour": first_hour})
-                for at, ms in parse_samples(row.hour, row.samples)
-                if start <= at <= end
-            ]
-            latency.sort()
-            flap = conn.execute(FLAPPING, window).first()
-            return History(
-                start=start,
-                end=end,
-                before=Transition(*before) if before is not None else None,
-                transitions=[Transition(*row) for row in rows],
-                latency=latency,
-                flapping=bool(flap and flap.flapping),
-                flapping_since=flap.flapping_since if flap and flap.flapping else None,
-            )
-
-        def empty(conn: Connection) -> History:
+        if self.schema_version() < HISTORY:
             return History(start, end, None, [], [], False, None, available=False)
-
-        return self._first_available((HISTORY, query), (None, empty))
+        window = {"device_id": device_id, "start": start, "end": end}
+        before = self._rows(HISTORY_BEFORE, **window)
+        entries = self._rows(HISTORY_IN_WINDOW, **window)
+        first_hour = start.replace(minute=0, second=0, microsecond=0)
+        latency = sorted(
+            (at, ms)
+            for row in self._rows(LATENCY_IN_WINDOW, **window, first_hour=first_hour)
+            for at, ms in parse_samples(row.hour, row.samples)
+            if start <= at <= end
+        )
+        flap = self._rows(FLAPPING, device_id=device_id)
+        flapping = bool(flap and flap[0].flapping)
+        return History(
+            start=start,
+            end=end,
+            before=HistoryEntry(*before[0]) if before else None,
+            transitions=[HistoryEntry(*row) for row in entries],
+            latency=latency,
+            flapping=flapping,
+            flapping_since=flap[0].flapping_since if flapping else None,
+        )
 
     def contacts(self, device_id: int) -> list[ContactRow]:
         """Every PJSIP contact of a device (none for chan_sip devices, or before schema 3)."""
-
-        def query(conn: Connection) -> list[ContactRow]:
-            rows = conn.execute(CONTACTS_OF_DEVICE, {"device_id": device_id}).all()
-            return [ContactRow(*row) for row in rows]
-
-        return self._first_available((CONTACTS, query), (None, lambda conn: []))
+        if self.schema_version() < CONTACTS:
+            return []
+        return [ContactRow(*row) for row in self._rows(CONTACTS_OF_DEVICE, device_id=device_id)]
 
     def fleet(self) -> list[FleetServer]:
         """Every server in MOR's ``servers``, with its collector's state, by id."""
-
-        def run(statement: Any) -> Callable[[Connection], list[FleetServer]]:
-            def query(conn: Connection) -> list[FleetServer]:
-                rows = conn.execute(statement).mappings().all()
-                never = [row["id"] for row in rows if row["last_run"] is None]
-                live: dict[int, list[tuple[Optional[str], int]]] = {sid: [] for sid in never}
-                if never:
-                    for r in conn.execute(LIVE_COUNTS_OF_SERVERS, {"server_ids": never}):
-                        live[r.server_id].append((r.reg_status, r.n))
-                return [fleet_server(row, live.get(row["id"])) for row in rows]
-
-            return query
-
-        return self._first_available(
-            (HISTORY, run(FLEET_WITH_HISTORY)),
-            (OWN, run(FLEET_WITH_STATE)),
-            (None, run(FLEET_ONLY)),
-        )
+        rows = [row._mapping for row in self._rows(fleet_statement(self.schema_version()))]
+        never = [row["server_id"] for row in rows if row["last_run"] is None]
+        live: dict[int, list[tuple[Optional[str], int]]] = {sid: [] for sid in never}
+        if never:
+            for r in self._rows(LIVE_COUNTS_OF_SERVERS, server_ids=never):
+                live[r.server_id].append((r.reg_status, r.n))
+        return [fleet_server(row, live.get(row["server_id"])) for row in rows]
 
     def server_devices(
         self, server_id: int, status: Optional[str], offset: int, limit: int
     ) -> Optional[DevicePage]:
         """A page of a server's SIP devices, optionally of one kind (or flapping, or
         registered here though assigned elsewhere); None for an unknown server."""
-
-        def run(tier: Optional[str]) -> Callable[[Connection], Optional[DevicePage]]:
-            def query(conn: Connection) -> Optional[DevicePage]:
-                if conn.execute(SERVER_EXISTS, {"server_id": server_id}).first() is None:
-                    return None
-                rows_q, count_q = device_list_statements(status, tier)
-                params = {"server_id": server_id}
-                total = int(conn.execute(count_q, params).scalar_one())
-                rows = conn.execute(rows_q.limit(limit).offset(offset), params).mappings()
-                return DevicePage(total=total, devices=[listed_device(row) for row in rows])
-
-            return query
-
-        return self._first_available((HISTORY, run(HISTORY)), (OWN, run(OWN)), (None, run(None)))
+        if not self._rows(SERVER_EXISTS, server_id=server_id):
+            return None
+        rows_q, count_q = device_list_statements(status, self.schema_version())
+        total = int(self._rows(count_q, server_id=server_id)[0][0])
+        rows = self._rows(rows_q.limit(limit).offset(offset), server_id=server_id)
+        return DevicePage(total=total, devices=[listed_device(row._mapping) for row in rows])

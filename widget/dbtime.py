@@ -137,6 +137,7 @@ def _open_unix_socket(path: str, timeout: Optional[float]) -> DeadlineSocket:
     return sock
 
 
+# (PyMySQL has no types: its Connection is Any to mypy)
 class DeadlineConnection(pymysql.connections.Connection):  # type: ignore[misc]
     """A PyMySQL connection on a ``DeadlineSocket`` (or ``DeadlineSSLSocket`` under TLS)."""
 

@@ -23,18 +23,20 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 from flask import Flask, abort, redirect, render_template, request, url_for
 from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import BaseWSGIServer, get_sockaddr, make_server, select_address_family
 
-from mor_plugin import schema
-from mor_plugin.status import kind_of, plain_digits
+from mor_plugin import schema, store
+from mor_plugin.status import LAGGED, OK, Transition, kind_of, plain_digits
 
 from . import bullets, create_app
 from .signing import sign_url
@@ -53,6 +55,74 @@ WRONG_SERVER = "demo-roamer"
 # ---------------------------------------------------------------- the mock MOR GUI
 
 
+class WidgetLinks:
+    """Links to the widget at ``base`` as MOR's pages write them: signed with the shared
+    secret, valid for ``LINK_LIFETIME``."""
+
+    def __init__(self, base: str, secret: Optional[str]) -> None:
+        self.base = base
+        self.secret = secret
+
+    def __call__(self, path: str) -> str:
+        if self.secret:
+            path = sign_url(path, self.secret, int(time.time()) + LINK_LIFETIME)
+        return self.base + path
+
+    def template_helpers(self) -> dict[str, Any]:
+        return {
+            "widget": self,
+            # embed.js holds no device data: not signed, one URL for every page to cache
+            "embed_js": self.base + "/embed.js",
+            "status_words": status_words,
+            "users": USERS,
+            "servers": SERVERS,
+        }
+
+
+def status_words(reg_status: Optional[str]) -> tuple[str, str]:
+    """A bullet's alt text and tooltip, from the status MOR's own row holds."""
+    kind = kind_of(reg_status)
+    return reg_status or bullets.LABELS[kind], bullets.tooltip(kind, reg_status)
+
+
+def page_number() -> int:
+    """The page asked for (``?page=`` from 1), counted from 0."""
+    number = plain_digits(request.args.get("page", "1"))
+    return max(0, number - 1) if number is not None else 0
+
+
+def page_of(engine: Engine, where: Any, page: int) -> tuple[list[Any], int]:
+    """The devices of one page of a list, and how many pages it has."""
+    d = schema.devices
+    with engine.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(d).where(where)).scalar_one()
+        rows = conn.execute(
+            select(d).where(where).order_by(d.c.id).limit(PAGE_SIZE).offset(page * PAGE_SIZE)
+        ).all()
+    return list(rows), max(1, -(-int(total) // PAGE_SIZE))
+
+
+def device_list(
+    engine: Engine, widget: WidgetLinks, title: str, where: Any, legend_path: str
+) -> str:
+    """A device list; ``?bullets=script`` draws its bullets with embed.js from one signed
+    JSON request instead of one signed ``<img>`` per row."""
+    page = page_number()
+    rows, pages = page_of(engine, where, page)
+    by_script = request.args.get("bullets") == "script"
+    ids = ",".join(str(row.id) for row in rows)
+    return render_template(
+        "demo_devices.html",
+        title=title,
+        rows=rows,
+        page=page + 1,
+        pages=pages,
+        legend_url=widget(legend_path),
+        bullets_api=widget(f"/api/v1/devices/status?ids={ids}") if by_script and ids else None,
+        page_query="bullets=script&" if by_script else "",
+    )
+
+
 def create_mor_app(db_url: str, widget_base: str, secret: Optional[str]) -> Flask:
     """Mock pages of MOR's GUI that embed the widget found at ``widget_base``.
 
@@ -61,57 +131,9 @@ def create_mor_app(db_url: str, widget_base: str, secret: Optional[str]) -> Flas
     """
     app = Flask(__name__)
     engine = create_engine(db_url, pool_pre_ping=True)
+    widget = WidgetLinks(widget_base, secret)
+    app.context_processor(widget.template_helpers)
     d = schema.devices
-
-    def widget(path: str) -> str:
-        signed = sign_url(path, secret, int(time.time()) + LINK_LIFETIME) if secret else path
-        return widget_base + signed
-
-    def page_of(where: Any, page: int) -> tuple[list[Any], int]:
-        with engine.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(d).where(where)).scalar_one()
-            rows = conn.execute(
-                select(d).where(where).order_by(d.c.id).limit(PAGE_SIZE).offset(page * PAGE_SIZE)
-            ).all()
-        return list(rows), max(1, -(-int(total) // PAGE_SIZE))
-
-    def device_list(title: str, where: Any, legend_path: str) -> Any:
-        """A device list; ``?bullets=script`` draws its bullets with embed.js from one signed
-        JSON request instead of one signed ``<img>`` per row."""
-        page = page_number()
-        rows, pages = page_of(where, page)
-        by_script = request.args.get("bullets") == "script"
-        ids = ",".join(str(row.id) for row in rows)
-        return render_template(
-            "demo_devices.html",
-            title=title,
-            rows=rows,
-            page=page + 1,
-            pages=pages,
-            legend_url=widget(legend_path),
-            bullets_api=widget(f"/api/v1/devices/status?ids={ids}") if by_script and ids else None,
-            page_query="bullets=script&" if by_script else "",
-        )
-
-    def page_number() -> int:
-        number = plain_digits(request.args.get("page", "1"))
-        return max(0, number - 1) if number is not None else 0
-
-    def status_words(reg_status: Optional[str]) -> tuple[str, str]:
-        """A bullet's alt text and tooltip, from the status MOR's own row holds."""
-        kind = kind_of(reg_status)
-        return reg_status or bullets.LABELS[kind], bullets.tooltip(kind, reg_status)
-
-    @app.context_processor
-    def helpers() -> dict[str, Any]:
-        return {
-            "widget": widget,
-            # embed.js holds no device data: not signed, one URL for every page to cache
-            "embed_js": widget_base + "/embed.js",
-            "status_words": status_words,
-            "users": USERS,
-            "servers": SERVERS,
-        }
 
     @app.get("/")
     def home() -> Any:
@@ -119,12 +141,13 @@ def create_mor_app(db_url: str, widget_base: str, secret: Optional[str]) -> Flas
 
     @app.get("/billing/devices/devices_all")
     def devices_all() -> Any:
-        return device_list("Devices", d.c.id > 0, "/devices/status")
+        return device_list(engine, widget, "Devices", d.c.id > 0, "/devices/status")
 
     @app.get("/billing/devices/show_devices/<int:user_id>")
     def show_devices(user_id: int) -> Any:
         title = f"Devices of {USERS.get(user_id, user_id)}"
-        return device_list(title, d.c.user_id == user_id, f"/users/{user_id}/devices/status")
+        legend = f"/users/{user_id}/devices/status"
+        return device_list(engine, widget, title, d.c.user_id == user_id, legend)
 
     @app.get("/billing/devices/device_edit/<int:device_id>")
     def device_edit(device_id: int) -> Any:
@@ -221,60 +244,71 @@ DEMO_CHANGES = (
 
 def seed_history(db_url: str, devices: int = 5, now: Optional[datetime] = None) -> None:
     """A past day of changes and latency samples for the first few devices that are OK now
-    (hours before this one), so the status strip and sparkline show something at once."""
+    (hours before this one), so the status strip and sparkline show something at once;
+    written by the collector's own writers."""
     now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    this_hour = now.replace(minute=0, second=0, microsecond=0)
     engine = create_engine(db_url)
     d = schema.devices
-    with engine.connect() as conn:
-        device_ids = list(
-            conn.execute(
-                select(d.c.id).where(d.c.reg_status.like("OK%")).order_by(d.c.id).limit(devices)
-            ).scalars()
-        )
-    this_hour = now.replace(minute=0, second=0, microsecond=0)
-    rng = random.Random(7)  # noqa: S311 (demo data)
-    changes, samples = [], []
-    for device_id in device_ids:
-        for hours_ago, old, new in DEMO_CHANGES:
-            at = this_hour - timedelta(hours=hours_ago)
-            timed = new in ("ok", "lagged")
-            ms = (2300 if new == "lagged" else 20 + device_id) if timed else None
-            changes.append(
-                {
-                    "device_id": device_id,
-                    "server_id": 1,
-                    "at": at,
-                    "from_status": old,
-                    "to_status": new,
-                    "reg_status": f"{'OK' if new == 'ok' else 'LAGGED'} ({ms} ms)"
-                    if timed
-                    else new.upper(),
-                    "latency_ms": ms,
-                    "source": "poll",
-                }
-            )
-        for hours_ago in range(24, 0, -1):
-            hour = this_hour - timedelta(hours=hours_ago)
-            if 19 <= hours_ago < 20:
-                continue  # unreachable: no answers, no samples
-            base = 400 if 8 < hours_ago <= 9 else 20 + device_id
-            pairs = [f"{s}:{base + rng.randint(0, 15)}" for s in range(0, 3600, 300)]
-            samples.append({"device_id": device_id, "hour": hour, "samples": " ".join(pairs)})
     try:
         with engine.begin() as conn:
-            conn.execute(schema.history.insert(), changes)
-            conn.execute(schema.latency.insert(), samples)
-            # their colour began with the last seeded change, as a collector would record it
-            last_change = this_hour - timedelta(hours=DEMO_CHANGES[-1][0])
-            conn.execute(
-                schema.device_state.update()
-                .where(schema.device_state.c.device_id.in_(device_ids))
-                .values(since=last_change)
+            device_ids = list(
+                conn.execute(
+                    select(d.c.id).where(d.c.reg_status.like("OK%")).order_by(d.c.id).limit(devices)
+                ).scalars()
             )
+            store.write_history(conn, demo_changes(device_ids, this_hour))
+            for at, samples in demo_latency_samples(device_ids, this_hour).items():
+                store.write_latency_samples(conn, at, samples)
+            # their colour began with the last seeded change, as a collector would record it
+            began = this_hour - timedelta(hours=DEMO_CHANGES[-1][0])
+            states = store.load_states_of(conn, device_ids).values()
+            store.write_states(conn, [replace(state, since=began) for state in states])
     except SQLAlchemyError as error:  # a collector without history tables: nothing to show
         log.warning("no demo history: %s", str(error).splitlines()[0])
     finally:
         engine.dispose()
+
+
+def demo_changes(device_ids: Sequence[int], this_hour: datetime) -> list[Transition]:
+    """``DEMO_CHANGES`` of each device, as the collector's poll would have logged them."""
+    changes = []
+    for device_id in device_ids:
+        for hours_ago, old, new in DEMO_CHANGES:
+            ms = {OK: 20 + device_id, LAGGED: 2300}.get(new)
+            changes.append(
+                Transition(
+                    device_id=device_id,
+                    server_id=1,
+                    at=this_hour - timedelta(hours=hours_ago),
+                    from_status=old,
+                    to_status=new,
+                    reg_status=f"{new.upper()} ({ms} ms)" if ms is not None else new.upper(),
+                    latency_ms=ms,
+                    source="poll",
+                )
+            )
+    return changes
+
+
+def demo_latency_samples(
+    device_ids: Sequence[int], this_hour: datetime
+) -> dict[datetime, list[int]]:
+    """Every 5 minutes of the 24 hours before ``this_hour``: device_id, ms, device_id, ms, ...
+    of the devices, as the collector samples them (none in the red hour, 400 ms in the
+    yellow one)."""
+    rng = random.Random(7)  # noqa: S311 (demo data)
+    samples: dict[datetime, list[int]] = {}
+    for device_id in device_ids:
+        for hours_ago in range(24, 0, -1):
+            if 19 <= hours_ago < 20:
+                continue  # unreachable: no answers, no samples
+            hour = this_hour - timedelta(hours=hours_ago)
+            base = 400 if 8 < hours_ago <= 9 else 20 + device_id
+            for second in range(0, 3600, 300):
+                at = hour + timedelta(seconds=second)
+                samples.setdefault(at, []).extend((device_id, base + rng.randint(0, 15)))
+    return samples
 
 
 def write_mor_conf(data_dir: Path, db_url: str, ami_port: int, username: str, secret: str) -> Path:
@@ -334,6 +368,7 @@ def demo_app(db_url: str, secret: str, stale_after: int = 60) -> Flask:
         }
     )
     mor = create_mor_app(db_url, WIDGET_PREFIX, secret)
+    # (Flask's way to add WSGI middleware, which mypy takes for overwriting a method)
     mor.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
         mor.wsgi_app, {WIDGET_PREFIX: widget}
     )

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
+from typing import Optional, overload
+
+
+@overload
+def iso(moment: datetime) -> str: ...
+@overload
+def iso(moment: None) -> None: ...
+@overload
+def iso(moment: Optional[datetime]) -> Optional[str]: ...
 
 
 def iso(moment: Optional[datetime]) -> Optional[str]:

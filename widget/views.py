@@ -18,9 +18,6 @@ from mor_plugin.status import KINDS, plain_digits
 from . import bullets, charts, metrics, signing
 from .cache import DeviceCache, cached
 from .db import (
-    DEVICE_FILTERS,
-    FLAPPING_FILTER,
-    WRONG_SERVER_FILTER,
     Database,
     DeviceBrief,
     DeviceStatus,
@@ -28,6 +25,7 @@ from .db import (
     is_stale,
     utcnow,
 )
+from .queries import DEVICE_FILTERS, FLAPPING_FILTER, WRONG_SERVER_FILTER
 from .timefmt import duration, iso
 
 log = logging.getLogger(__name__)
