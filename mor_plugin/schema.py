@@ -4,12 +4,10 @@ MOR's tables (``devices``, ``servers``) are described only as far as we read or
 write them; they are never created or altered outside tests and the demo. The
 project's own tables carry the ``mor_regstatus_`` prefix, use natural primary
 keys (so ``INSERT ... ON DUPLICATE KEY UPDATE`` burns no auto-increment ids) and
-are created by versioned migrations in ``mor_plugin.store``.
+are created by versioned migrations in ``mor_plugin.store.migrations``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -24,6 +22,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.schema import SchemaItem
 
 #: MOR's own tables, as far as this project uses them.
 mor_metadata = MetaData()
@@ -59,20 +58,22 @@ own_metadata = MetaData()
 #: A DATETIME with microseconds on MySQL/MariaDB: observation times are compared, and a
 #: poll and an event within the same second must still be ordered.
 PreciseDateTime = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-#: InnoDB for transactions; utf8mb4 so that any device name fits.
-_OWN_TABLE_OPTIONS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
-schema_version = Table(
+
+def _own_table(name: str, *items: SchemaItem) -> Table:
+    """One of the project's tables: InnoDB for transactions, utf8mb4 so that any device
+    name fits."""
+    return Table(name, own_metadata, *items, mysql_engine="InnoDB", mysql_charset="utf8mb4")
+
+
+schema_version = _own_table(
     "mor_regstatus_schema",
-    own_metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("applied_at", DateTime, nullable=False),
-    **_OWN_TABLE_OPTIONS,
 )
 
-device_state = Table(
+device_state = _own_table(
     "mor_regstatus_devices",
-    own_metadata,
     Column("device_id", Integer, primary_key=True, autoincrement=False),
     Column("server_id", Integer, nullable=False, index=True),
     # one of mor_plugin.status.KINDS
@@ -93,12 +94,10 @@ device_state = Table(
     # the PeerStatus event's arrival. The poll and the event listener each leave alone a
     # device whose stored observation is newer than their own (last observation wins).
     Column("observed_at", PreciseDateTime),
-    **_OWN_TABLE_OPTIONS,
 )
 
-server_state = Table(
+server_state = _own_table(
     "mor_regstatus_servers",
-    own_metadata,
     Column("server_id", Integer, primary_key=True, autoincrement=False),
     Column("last_run", DateTime, nullable=False),
     Column("last_success", DateTime),
@@ -127,12 +126,10 @@ server_state = Table(
     # schema 5: when the listener last changed one of this server's devices; with
     # last_success (every poll's), it tells the widget that what it read of them may be old
     Column("listener_wrote_at", PreciseDateTime),
-    **_OWN_TABLE_OPTIONS,
 )
 
-wrong_server = Table(
+wrong_server = _own_table(
     "mor_regstatus_wrong_server",
-    own_metadata,
     Column("device_id", Integer, primary_key=True, autoincrement=False),
     Column("seen_on_server_id", Integer, primary_key=True, autoincrement=False),
     Column("assigned_server_id", Integer, nullable=False),
@@ -142,15 +139,13 @@ wrong_server = Table(
     Column("port", Integer),
     Column("first_seen", DateTime, nullable=False),
     Column("last_seen", DateTime, nullable=False),
-    **_OWN_TABLE_OPTIONS,
 )
 
 # --- schema 2: history ---------------------------------------------------------
 
 #: One row per change of a device's bullet (never for latency jitter).
-history = Table(
+history = _own_table(
     "mor_regstatus_history",
-    own_metadata,
     # append-only log: a surrogate key, ordered by insertion
     Column(
         "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
@@ -165,33 +160,28 @@ history = Table(
     Column("source", String(8), nullable=False),  # "poll" or "event"
     Index("mor_regstatus_history_device_at", "device_id", "at"),
     Index("mor_regstatus_history_at", "at"),
-    **_OWN_TABLE_OPTIONS,
 )
 
 #: Latency samples, one row per device and hour: ``samples`` holds space-separated
 #: ``<seconds since the hour>:<ms>`` pairs, e.g. ``"0:23 60:25 120:24"``.
 #: Written by the poll for OK/LAGGED devices, at most one sample per device every
 #: 5 minutes (``store.LATENCY_EVERY``); rows older than 24 hours are purged.
-latency = Table(
+latency = _own_table(
     "mor_regstatus_latency",
-    own_metadata,
     Column("device_id", Integer, primary_key=True, autoincrement=False),
     Column("hour", DateTime, primary_key=True),  # UTC, minutes and seconds zero
     Column("samples", String(2000), nullable=False),
     Index("mor_regstatus_latency_hour", "hour"),
-    **_OWN_TABLE_OPTIONS,
 )
 
 #: Webhook dampening: what was last sent for a device.
-notified = Table(
+notified = _own_table(
     "mor_regstatus_notified",
-    own_metadata,
     Column("device_id", Integer, primary_key=True, autoincrement=False),
     Column("last_status", String(12), nullable=False),
     Column("last_sent", DateTime, nullable=False),
     Column("window_start", DateTime, nullable=False),
     Column("sent_in_window", Integer, nullable=False),
-    **_OWN_TABLE_OPTIONS,
 )
 
 # --- schema 3: PJSIP contacts ---------------------------------------------------
@@ -199,9 +189,8 @@ notified = Table(
 #: Every contact of a PJSIP device, as the collector (or the event listener) last saw it.
 #: A device's rows are replaced together, and only when one of them changed (the round
 #: trip compared in whole milliseconds); a device without contacts has no rows.
-contacts = Table(
+contacts = _own_table(
     "mor_regstatus_contacts",
-    own_metadata,
     Column("device_id", Integer, primary_key=True, autoincrement=False),
     # the contact's place among the device's contacts (ordered by URI)
     Column("seq", Integer, primary_key=True, autoincrement=False),
@@ -213,7 +202,6 @@ contacts = Table(
     Column("status", String(16), nullable=False),
     Column("via", String(64)),  # ip:port of the Via header, when Asterisk kept one
     Column("seen", DateTime, nullable=False),  # UTC: when these rows were written
-    **_OWN_TABLE_OPTIONS,
 )
 
 COUNT_COLUMNS = {

@@ -21,7 +21,7 @@ from regstatus_helpers import (
 )
 from sqlalchemy import create_engine, inspect, text
 
-from mor_plugin import store, textfile
+from mor_plugin import schema, store, textfile
 from mor_plugin.simulator import AmiSimulator
 
 SECRET = "hook-secret"
@@ -126,7 +126,7 @@ def test_purge_deletes_in_chunks(mor_db: MorDatabase, monkeypatch: pytest.Monkey
     old = utc_now() - timedelta(days=60)
     with engine.begin() as conn:
         conn.execute(
-            store.schema.history.insert(),
+            schema.history.insert(),
             [
                 {
                     "device_id": i,
@@ -139,7 +139,7 @@ def test_purge_deletes_in_chunks(mor_db: MorDatabase, monkeypatch: pytest.Monkey
                 for i in range(25)
             ],
         )
-    monkeypatch.setattr(store, "PURGE_CHUNK", 10)
+    monkeypatch.setattr(store.history, "PURGE_CHUNK", 10)  # where purge_old reads it
     assert store.purge_old(engine, utc_now(), 30) == (25, 0)
     assert store.purge_old(engine, utc_now(), 30) == (0, 0)
     engine.dispose()
@@ -281,7 +281,7 @@ def test_migration_2_adds_the_observation_columns(mor_db: MorDatabase) -> None:
         conn.execute(text("ALTER TABLE mor_regstatus_devices DROP COLUMN observed_at"))
     for _ in range(2):  # idempotent
         with engine.begin() as conn:
-            store._migration_2(conn)
+            store.migrations._migration_2(conn)
     precision = mor_db.execute(
         "SELECT DATETIME_PRECISION FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
         "DATABASE() AND TABLE_NAME = 'mor_regstatus_devices' AND COLUMN_NAME = 'observed_at'"

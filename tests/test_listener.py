@@ -292,15 +292,19 @@ def test_the_poll_and_the_listener_last_observation_wins(
         # 1. An event arrives after the poll's list completed, while the poll writes:
         #    the listener waits for the poll's transaction, then its newer event wins.
         real_load = store.load_devices
+        slowed: list[int] = []
 
         def slow_load(conn: Any, server_id: int) -> Any:
+            slowed.append(server_id)
             sim.emit_peer_status("101", "Unreachable", -1)
             time.sleep(0.6)  # the listener has it by now, and waits for the lock
             return real_load(conn, server_id)
 
-        monkeypatch.setattr(store, "load_devices", slow_load)
+        # where store.load_poll_inputs looks the function up
+        monkeypatch.setattr(store.read, "load_devices", slow_load)
         cli.collect(settings)
-        monkeypatch.setattr(store, "load_devices", real_load)
+        monkeypatch.setattr(store.read, "load_devices", real_load)
+        assert slowed == [settings.server_id]  # the event really came while the poll ran
         wait_for(lambda: status_of(mor, 1) == "UNREACHABLE")
 
         # 2. An event observed before the poll's list, written after the poll: the poll's

@@ -571,7 +571,7 @@ def test_migration_3_adds_the_contacts_table_and_runs_twice_safely(mor_db: MorDa
     assert store.migrate(engine, now) == [3, 4, 5]
     for _ in range(2):
         with engine.begin() as conn:
-            store._migration_3(conn)
+            store.migrations._migration_3(conn)
     assert store.migrate(engine, now) == []
     with engine.connect() as conn:
         keys = inspect(conn).get_pk_constraint("mor_regstatus_contacts")["constrained_columns"]
