@@ -270,3 +270,23 @@ def test_the_alert_rules_name_metrics_both_exporters_write() -> None:
     named = {name for expr in exprs for name in re.findall(r"mor_regstatus_[a-z_]+", expr)}
     both = {f.name for f in textfile.FAMILIES} & {f.name for f in widget_metrics.FAMILIES}
     assert named and named <= both
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/ARCHITECTURE.md draws the modules: a module added without its line fails here."""
+    page = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    modules = [
+        path.relative_to(ROOT)
+        for folder in ("mor_plugin", "widget")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+    ]
+    assert modules
+    missing = []
+    for module in modules:
+        if module.parent.name == "store":  # the store's modules: named in its row
+            named = module.name == "__init__.py" or f"`{module.stem}`" in page
+        else:
+            named = str(module) in page or f"`{module.name}`" in page
+        if not named:
+            missing.append(str(module))
+    assert missing == []
