@@ -299,7 +299,9 @@ def _previous_success(path: Path) -> Optional[str]:
         return None
 
 
-def _endpoint(settings: Settings, engine: Any) -> AmiEndpoint:
+def ami_endpoint(settings: Settings, engine: Any) -> AmiEndpoint:
+    """Where and as whom to log in to AMI: mor.conf's user, else manager.conf's, else the
+    ``servers`` row of this server (MOR's own record)."""
     username, secret, port = settings.ami_username, settings.ami_secret, settings.ami_port
     if username is None:
         try:
@@ -395,7 +397,7 @@ def _list_peers(
 ) -> tuple[Listing, datetime, ServerInfo]:
     """Asterisk's peer list, when it was observed (a device the listener wrote later is
     left alone), and what Asterisk said of itself."""
-    endpoint = _endpoint(settings, engine)
+    endpoint = ami_endpoint(settings, engine)
     try:
         listed: PeerList = get_peer_list(endpoint, settings.peer_source)
         observed = utc_now()
@@ -654,7 +656,7 @@ def _watch(settings: Settings) -> int:
     """``--watch``: the event listener until SIGTERM/SIGINT (see mor_plugin.listener)."""
     engine = store.make_engine(settings.db_url, timeout=settings.db_timeout)
     try:
-        endpoint = _endpoint(settings, engine)
+        endpoint = ami_endpoint(settings, engine)
         _ensure_schema(settings, engine)
         from . import listener  # only the long-running mode needs it
 

@@ -242,11 +242,11 @@ class Listener:
         contacts, self._pending_contacts = self._pending_contacts, []
         self._arrived.clear()
         if contacts:
-            await self._in_db(self._apply, batch, contacts)
+            await self._in_db(self.apply_batch, batch, contacts)
         elif batch:
-            await self._in_db(self._apply, batch)
+            await self._in_db(self.apply_batch, batch)
 
-    def _apply(
+    def apply_batch(
         self,
         peer_events: list[Observation],
         contact_events: Optional[list[tuple[datetime, ContactEvent]]] = None,

@@ -359,10 +359,10 @@ class RunningListener:
 @contextmanager
 def listening(settings: Settings, **options: Any) -> Iterator[RunningListener]:
     """Run the listener of ``settings`` until the block ends."""
-    from mor_plugin.cli import _endpoint
+    from mor_plugin.cli import ami_endpoint
 
     engine = make_engine(settings.db_url, timeout=settings.db_timeout)
-    endpoint = _endpoint(settings, engine)
+    endpoint = ami_endpoint(settings, engine)
     ensure_schema(engine, utc_now())  # as cli --watch does before it listens
     loop = asyncio.new_event_loop()
     ready = threading.Event()

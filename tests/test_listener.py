@@ -309,13 +309,13 @@ def test_the_poll_and_the_listener_last_observation_wins(
 
         # 2. An event observed before the poll's list, written after the poll: the poll's
         #    newer observation wins, the late event is left out.
-        real_apply = running.listener._apply
+        real_apply = running.listener.apply_batch
 
         def late_apply(events: Any) -> None:
             time.sleep(1.0)
             real_apply(events)
 
-        monkeypatch.setattr(running.listener, "_apply", late_apply)
+        monkeypatch.setattr(running.listener, "apply_batch", late_apply)
         sim.emit_peer_status("102", "Unreachable", -1)
         time.sleep(0.05)
         sim.emit_peer_status("102", "Reachable", 31)  # Asterisk's state when the poll lists
