@@ -356,6 +356,7 @@ class _Poll:
 
     inputs: PollInputs
     planned: PollPlan
+    #: devices whose reg_status was written (a dry run: would be)
     changed: int
 
 
@@ -381,7 +382,7 @@ def collect(settings: Settings, *, dry_run: bool = False) -> RunSummary:
         server_id=settings.server_id,
         dry_run=dry_run,
         peers=plan.peers_listed,
-        changed=len(plan.reg_status_changes) if dry_run else poll.changed,
+        changed=poll.changed,
         state_changes=len(plan.state_changes),
         wrong_server=len(poll.planned.wrong),
         counts=dict(plan.counts),
@@ -450,7 +451,7 @@ def _poll(
             inputs = replace(inputs, sample_latency=False)
         planned = plan_poll(rules, listing, inputs, observed)
         if dry_run:
-            return _Poll(inputs, planned, 0)
+            return _Poll(inputs, planned, len(planned.plan.reg_status_changes))
         run = _server_run(settings, planned, info, now, observed, started)
         changed = store.write_poll(conn, planned, now, run)
         plan = planned.plan

@@ -256,7 +256,7 @@ class Listener:
         contact_events = contact_events or []
         count = len(peer_events) + len(contact_events)
         names = {e.name for e in peer_events} | {e.endpoint for _, e in contact_events}
-        earliest = min(at for at in [e.at for e in peer_events] + [at for at, _ in contact_events])
+        earliest = min([e.at for e in peer_events] + [at for at, _ in contact_events])
 
         def work(conn: Connection) -> Plan:
             inputs = store.load_batch_inputs(

@@ -158,7 +158,7 @@ def plan_batch(
     status joins the chan_sip observations in time order for status.plan_events."""
     batch = list(observations)
     contact_sets: dict[int, list[Contact]] = {}
-    if contact_events and inputs.devices:
+    if contact_events:
         combined, contact_sets = pjsip.apply_contact_events(
             inputs.devices, inputs.contacts, contact_events, inputs.not_before
         )
@@ -173,7 +173,7 @@ def plan_batch(
         }
     plan = plan_events(
         rules.server_id,
-        batch if inputs.devices else [],
+        batch,
         inputs.devices,
         inputs.states,
         rules.unknown_after,
